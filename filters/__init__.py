@@ -1,0 +1,1 @@
+"""The smtpd-filters production filters (installed as ``smtpd_filters``)."""
