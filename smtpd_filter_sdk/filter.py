@@ -1,0 +1,215 @@
+"""The public ``Filter`` object: handlers by decorator, registration derived.
+
+    f = Filter("helo-policy", on_error="fail-open")
+
+    @f.on("helo", "ehlo")
+    def helo(session, identity): ...
+
+    @f.on_message
+    async def scan(session, msg): ...
+
+    f.run()
+
+What to register with smtpd follows from the handlers: their phases and
+events, the events session tracking needs, and ``data-line`` + ``commit`` when
+any handler looks at message content (so a message that could not be passed
+through can be refused at commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from . import protocol
+from .log import Logger
+from .responses import FAILURE_POLICIES
+from .session import TRACKED_EVENTS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Phases a handler can be attached to with ``@f.on`` (data lines and whole
+#: messages have their own decorators).
+REQUEST_PHASES = tuple(ph for ph in protocol.FILTER_PHASES if ph != "data-line")
+
+#: What a message that cannot be passed through unharmed is refused with.
+LINE_TOO_LONG = (552, "5.3.4 Message has a line too long to pass through the filter")
+LEGACY_LINE_CUT = (552, "5.3.4 Message has a line longer than this smtpd can take from filters")
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    fn: Callable[..., Any]
+    is_async: bool
+
+    @classmethod
+    def wrap(cls, fn: Callable[..., Any]) -> "Handler":
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return cls(fn, inspect.iscoroutinefunction(fn))
+
+
+def in_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Make a blocking function safe to use as a handler: it runs in a worker
+    thread (``asyncio.to_thread``) under the handler deadline, so it never
+    stalls other sessions.  ``@f.on("connect") @in_thread def check(...)``."""
+
+    @functools.wraps(fn)
+    async def runner(*args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    return runner
+
+
+class Filter:
+    """A filter: a name, handlers, and the policy for when a handler fails.
+
+    ``on_error``: ``"fail-open"`` (answer proceed) or ``"fail-closed"``
+    (``reject|451 4.7.0 …``; ``disconnect|421 …`` at connect) when a handler
+    raises, returns something that is not a decision, returns a decision smtpd
+    would die on, or (async) runs past ``deadline`` seconds.
+
+    ``legacy_long_lines``: smtpd before 7.4 (protocol < 0.7) silently cuts
+    every filter output line after 2,047 bytes.  ``"warn"`` logs such
+    messages, ``"reject"`` refuses them at commit.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        on_error: str = "fail-open",
+        deadline: float = 5.0,
+        legacy_long_lines: str = "warn",
+    ) -> None:
+        if on_error not in FAILURE_POLICIES:
+            raise ValueError(f"on_error must be one of {FAILURE_POLICIES}, not {on_error!r}")
+        if legacy_long_lines not in ("warn", "reject"):
+            raise ValueError("legacy_long_lines must be 'warn' or 'reject'")
+        if not deadline > 0:
+            raise ValueError("deadline must be positive")
+        self.name = name
+        self.on_error = on_error
+        self.deadline = float(deadline)
+        self.legacy_long_lines = legacy_long_lines
+        self.log = Logger(name)
+        self.phase_handlers: dict[str, list[Handler]] = {}
+        self.report_handlers: dict[tuple[str, str], list[Handler]] = {}
+        self.data_line_handler: Handler | None = None
+        self.headers_handler: Handler | None = None
+        self.message_handler: Handler | None = None
+        self.reload_handlers: list[Callable[[], Any]] = []
+        self.config_handlers: list[Callable[[protocol.Config], Any]] = []
+
+    # -- decorators --------------------------------------------------------
+
+    def on(self, *phases: str) -> Callable[[F], F]:
+        """Handle filter requests.  The handler gets ``(session, *params)``:
+        connect ``(session, rdns, src)``; helo/ehlo ``(session, identity)``;
+        auth ``(session, argument)``; mail-from/rcpt-to ``(session, address)``;
+        the others ``(session)``.  It returns a decision, or None to proceed."""
+        if not phases:
+            raise TypeError("name at least one phase")
+        for phase in phases:
+            if phase == "data-line":
+                raise ValueError("use @f.on_data_line, @f.on_headers or @f.on_message")
+            if phase not in REQUEST_PHASES:
+                raise ValueError(f"unknown filter phase {phase!r}; one of {REQUEST_PHASES}")
+
+        def decorate(fn: F) -> F:
+            handler = Handler.wrap(fn)
+            for phase in phases:
+                self.phase_handlers.setdefault(phase, []).append(handler)
+            return fn
+
+        return decorate
+
+    def on_report(self, *events: str, subsystem: str = "smtp-in") -> Callable[[F], F]:
+        """Handle report events: ``handler(session, report)`` where
+        ``report.params`` is the event's typed record.  ``"*"`` means all."""
+        if subsystem not in protocol.SUBSYSTEMS:
+            raise ValueError(f"subsystem must be one of {protocol.SUBSYSTEMS}")
+        names = protocol.REPORT_EVENTS if "*" in events else events
+        for event in names:
+            if event not in protocol.REPORT_EVENTS:
+                raise ValueError(f"unknown report event {event!r}")
+
+        def decorate(fn: F) -> F:
+            handler = Handler.wrap(fn)
+            for event in names:
+                self.report_handlers.setdefault((subsystem, event), []).append(handler)
+            return fn
+
+        return decorate
+
+    def on_data_line(self, fn: F) -> F:
+        """Stream every message line: ``handler(session, line) -> None | bytes
+        | list[bytes]`` with ``line`` unstuffed bytes (no CRLF).  None passes
+        the line on unchanged; bytes replaces it; a list replaces it with
+        several lines (``[]`` drops it).  Must be a plain, quick function: it is
+        on the hot path.  With ``on_headers`` it sees the body lines only."""
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError("data-line handlers must be synchronous (use on_message for async work)")
+        self._only_one("data_line_handler")
+        self.data_line_handler = Handler.wrap(fn)
+        return fn
+
+    def on_headers(self, fn: F) -> F:
+        """Edit each message's header block: ``handler(session, headers)``
+        changes ``headers`` in place and may return a decision applied at
+        commit.  Only the header block is buffered; the body streams."""
+        self._only_one("headers_handler")
+        if self.message_handler is not None:
+            raise ValueError("on_headers and on_message exclude each other")
+        self.headers_handler = Handler.wrap(fn)
+        return fn
+
+    def on_message(self, fn: F) -> F:
+        """See each whole message: ``handler(session, msg)`` with ``msg`` a
+        ``Message`` (unstuffed lines, editable headers and body).  It may
+        change ``msg`` and return a decision, applied at commit."""
+        self._only_one("message_handler")
+        if self.headers_handler is not None or self.data_line_handler is not None:
+            raise ValueError("on_message excludes on_headers and on_data_line")
+        self.message_handler = Handler.wrap(fn)
+        return fn
+
+    def on_reload(self, fn: F) -> F:
+        """Called on SIGHUP (reload lists, keys).  Keep the old state if the
+        new one is bad: raise, and the SDK logs it."""
+        self.reload_handlers.append(fn)
+        return fn
+
+    def on_config(self, fn: F) -> F:
+        """Called once with the ``Config`` smtpd announced, before registering."""
+        self.config_handlers.append(fn)
+        return fn
+
+    def _only_one(self, attr: str) -> None:
+        if getattr(self, attr) is not None:
+            raise ValueError(f"{attr.replace('_', ' ')} already set")
+
+    # -- what to register --------------------------------------------------
+
+    @property
+    def handles_data(self) -> bool:
+        return any((self.data_line_handler, self.headers_handler, self.message_handler))
+
+    def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
+        reports = {("smtp-in", event) for event in TRACKED_EVENTS}
+        reports.update(self.report_handlers)
+        phases = set(self.phase_handlers)
+        if self.handles_data:
+            phases.update(("data-line", "commit"))
+        return reports, phases
+
+    # -- running -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Speak the protocol on stdin/stdout until smtpd goes away; exit 0."""
+        from .runtime import run
+
+        raise SystemExit(run(self))

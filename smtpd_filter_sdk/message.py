@@ -1,0 +1,177 @@
+"""Message helpers: dot-(un)stuffing, and a header block you can edit.
+
+Data lines arrive dot-stuffed as on the SMTP wire (``..x`` for a body line
+``.x``) and must leave stuffed the same way (protocol.md §3.3, §4.6).  The
+helpers here work on *unstuffed* lines, as bytes: mail is not text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+#: Fold injected headers before this many bytes per line (RFC 5322 §2.1.1).
+FOLD_AT = 78
+
+
+def unstuff(line: bytes) -> bytes:
+    """The content of a dot-stuffed line."""
+    return line[1:] if line[:1] == b"." else line
+
+
+def stuff(line: bytes) -> bytes:
+    """A content line as it must travel on the wire."""
+    return b"." + line if line[:1] == b"." else line
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[bytes]:
+    """``Name: value`` as one or more lines, folded at white space before
+    ``width`` bytes where possible (continuation lines start with a TAB).
+    CR/LF in the value are refused: they would forge extra headers."""
+    name_b, value_b = _as_bytes(name), _as_bytes(value)
+    if b"\r" in value_b or b"\n" in value_b or b"\r" in name_b or b"\n" in name_b:
+        raise ValueError("header name/value must not contain CR or LF")
+    if not name_b or b":" in name_b or b" " in name_b:
+        raise ValueError(f"bad header name {name_b!r}")
+    words = value_b.split(b" ")
+    lines: list[bytes] = []
+    current = name_b + b":"
+    for word in words:
+        candidate = current + b" " + word
+        if len(candidate) > width and current.strip() not in (name_b + b":", b""):
+            lines.append(current)
+            current = b"\t" + word
+        else:
+            current = candidate
+    lines.append(current)
+    return lines
+
+
+@dataclass
+class Header:
+    """One header field: its name and its raw lines (first line + continuations)."""
+
+    name: str
+    lines: list[bytes]
+
+    @property
+    def value(self) -> str:
+        """Unfolded value, leading white space removed, as text."""
+        raw = b"".join(
+            (line.split(b":", 1)[1] if i == 0 else line) for i, line in enumerate(self.lines)
+        )
+        return raw.strip().decode("utf-8", "surrogateescape")
+
+
+def _header_name(line: bytes) -> str | None:
+    name, colon, _ = line.partition(b":")
+    if not colon or not name or name != name.rstrip() or b" " in name or b"\t" in name:
+        return None
+    return name.decode("ascii", "replace")
+
+
+@dataclass
+class Headers:
+    """The header block.  Names compare case-insensitively; order is kept."""
+
+    fields: list[Header] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, lines: Iterable[bytes]) -> "Headers":
+        out: list[Header] = []
+        for line in lines:
+            if line[:1] in (b" ", b"\t") and out:
+                out[-1].lines.append(line)
+                continue
+            name = _header_name(line)
+            # A line that is no header at all is kept verbatim under an empty
+            # name, so nothing the client sent is lost.
+            out.append(Header(name or "", [line]))
+        return cls(out)
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        for header in self.fields:
+            if header.name.lower() == name.lower():
+                return header.value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        return [h.value for h in self.fields if h.name.lower() == name.lower()]
+
+    def add(self, name: str, value: str | bytes, *, prepend: bool = True) -> None:
+        """Add a header, folded.  Prepending (the default) is how trace and
+        result headers are added (RFC 5321 §4.4)."""
+        header = Header(name, fold(name, value))
+        if prepend:
+            self.fields.insert(0, header)
+        else:
+            self.fields.append(header)
+
+    def remove(self, name: str) -> int:
+        """Remove every header of that name; return how many were removed."""
+        before = len(self.fields)
+        self.fields = [h for h in self.fields if h.name.lower() != name.lower()]
+        return before - len(self.fields)
+
+    def replace(self, name: str, value: str | bytes) -> None:
+        """Set the first header of that name in place (or append it)."""
+        for i, header in enumerate(self.fields):
+            if header.name.lower() == name.lower():
+                self.fields[i] = Header(header.name, fold(header.name, value))
+                return
+        self.add(name, value, prepend=False)
+
+    def lines(self) -> list[bytes]:
+        return [line for header in self.fields for line in header.lines]
+
+
+@dataclass
+class Message:
+    """A whole message, unstuffed: the header block and the body lines.
+
+    ``separated`` records whether the client sent the empty line between
+    headers and body, so an untouched message leaves byte for byte as it came.
+    """
+
+    headers: Headers
+    body: list[bytes]
+    separated: bool = True
+
+    @classmethod
+    def parse(cls, lines: list[bytes]) -> "Message":
+        """From unstuffed lines (without the final ``.``)."""
+        for i, line in enumerate(lines):
+            if line == b"":
+                return cls(Headers.parse(lines[:i]), lines[i + 1 :], True)
+            if line[:1] not in (b" ", b"\t") and _header_name(line) is None:
+                # No empty line before the first non-header line: the rest is body.
+                return cls(Headers.parse(lines[:i]), lines[i:], False)
+        return cls(Headers.parse(lines), [], False)
+
+    def lines(self) -> list[bytes]:
+        """Unstuffed lines again (without the final ``.``)."""
+        out = self.headers.lines()
+        if self.separated:
+            out.append(b"")
+        out.extend(self.body)
+        return out
+
+    def stuffed_lines(self) -> list[bytes]:
+        return [stuff(line) for line in self.lines()]
+
+    def as_bytes(self) -> bytes:
+        """CRLF-terminated, as in a mailbox (handy for dkimpy and rspamd)."""
+        return b"".join(line + b"\r\n" for line in self.lines())

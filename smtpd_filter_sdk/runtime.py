@@ -1,0 +1,697 @@
+"""The runtime: handshake, dispatch, answers, and the I/O loop.
+
+``Engine`` is the whole protocol machine without I/O: bytes go in through
+``feed()``, output lines collect in ``engine.out``, async handlers run as tasks
+on the engine's event loop and add their answers when done (calling
+``wake()`` so the I/O side flushes).  ``run()`` wires an engine to smtpd's
+socket (stdin and stdout are one AF_UNIX socket): read 64 KiB chunks, dispatch
+every line, write everything a chunk produced in one write, before blocking
+for input again.
+
+Guarantees kept here, whatever a handler does:
+* every filter request gets exactly one answer (a failure gets the filter's
+  failure policy, logged);
+* nothing smtpd treats as fatal is written (protocol.checks);
+* input never ends the process; EOF on stdin (smtpd gone) does, with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import protocol as p
+from .filter import LEGACY_LINE_CUT, LINE_TOO_LONG, Filter, Handler
+from .log import describe_line
+from .message import Headers, Message, stuff, unstuff
+from .responses import Decision, Proceed, Reject, failure_decision, refusal
+from .session import Session, SessionTable, apply_report
+
+READ_SIZE = 65536
+
+# Data stream modes
+_PASS = 0  # echo lines unchanged (the fast path)
+_LINES = 1  # call the data-line handler per line
+_HEADERS = 2  # buffering the header block for on_headers
+_MESSAGE = 3  # buffering the whole message for on_message
+_WAIT = 4  # an async header/message handler is running: hold input
+
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    """One session's data-line stream, from its first line to the final ``.``."""
+
+    sid: bytes
+    token: bytes
+    rules: p.Rules
+    prefix: bytes  # b"filter-dataline|SID|TOK|"
+    room: int  # longest payload that can be echoed
+    legacy_room: int  # longest payload smtpd < 7.4 keeps whole
+    mode: int
+    after_headers: int = _PASS  # mode once the header block is done
+    buffer: list[bytes] = field(default_factory=list)  # unstuffed lines
+    held: list[bytes] = field(default_factory=list)  # raw payloads during _WAIT
+    too_long: bool = False
+    legacy_cut: bool = False
+    failed: bool = False
+    verdict: Decision | None = None
+    ended: bool = False
+
+
+class Engine:
+    """The protocol machine for one filter, driven by ``feed()``."""
+
+    def __init__(
+        self,
+        filt: Filter,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.filter = filt
+        self.log = filt.log
+        self.loop = loop
+        self.wake = wake or (lambda: None)
+        self.config = p.Config()
+        self.sessions = SessionTable()
+        self.out: list[bytes] = []
+        self.registered = False
+        self._carry = b""
+        self._streams: dict[bytes, _Stream] = {}
+        self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        self._phase_handlers = filt.phase_handlers
+        self._report_handlers = filt.report_handlers
+        self._legacy_warned = False
+        reports, phases = filt.registrations()
+        self._reports, self._phases = reports, phases
+        self._data_mode = (
+            _MESSAGE
+            if filt.message_handler
+            else _HEADERS
+            if filt.headers_handler
+            else _LINES
+            if filt.data_line_handler
+            else _PASS
+        )
+        self._body_mode = _LINES if filt.data_line_handler else _PASS
+
+    # -- input -------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """A chunk of input, split into lines (the last partial one is kept)."""
+        if self._carry:
+            data = self._carry + data
+        lines = data.split(b"\n")
+        self._carry = lines.pop()
+        handle = self.handle_line
+        for line in lines:
+            handle(line)
+
+    def handle_line(self, line: bytes) -> None:
+        """One input line, without its newline.  Never raises."""
+        try:
+            if line[:7] == b"filter|":
+                parts = line.split(b"|", 7)
+                if len(parts) == 8 and parts[4] == b"data-line":
+                    self._data_line(parts)
+                else:
+                    self._request(line)
+            elif line[:7] == b"report|":
+                self._report(line)
+            elif line[:7] == b"config|":
+                self._config(line)
+            else:
+                self.log(f"ignoring unknown line: {describe_line(line)}")
+        except p.ProtocolError as exc:
+            self.log(f"ignoring malformed line ({exc}): {describe_line(line)}")
+        except Exception as exc:  # noqa: BLE001 - the process must not die of input
+            self.log(f"internal error on line {describe_line(line)}: {exc!r}")
+
+    def eof(self) -> None:
+        """smtpd went away: stop everything still running."""
+        for tasks in list(self._tasks.values()):
+            for task in list(tasks):
+                task.cancel()
+        self._tasks.clear()
+
+    @property
+    def busy(self) -> bool:
+        return any(self._tasks.values())
+
+    async def settle(self) -> None:
+        """Wait until no handler task is running (for harnesses and tests)."""
+        while True:
+            tasks = [t for ts in self._tasks.values() for t in ts]
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
+
+    # -- handshake ---------------------------------------------------------
+
+    def _config(self, line: bytes) -> None:
+        key, value = p.parse_config(line)
+        if self.registered:
+            self.log(f"config line after registration ignored: {describe_line(line)}")
+            return
+        self.config.apply(key, value)
+        if self.config.ready:
+            self._register()
+
+    def _register(self) -> None:
+        for fn in self.filter.config_handlers:
+            try:
+                fn(self.config)
+            except Exception as exc:  # noqa: BLE001
+                self.log(f"config handler failed: {exc!r}")
+        wanted_out = {e for (sub, e) in self._reports if sub == "smtp-out"}
+        if wanted_out and "smtp-out" not in self.config.subsystems:
+            self.log("smtp-out reports not announced by smtpd: not registered")
+        self.out.extend(p.registration_lines(self._reports, self._phases, self.config))
+        self.registered = True
+
+    # -- reports -----------------------------------------------------------
+
+    def _report(self, line: bytes) -> None:
+        report = p.parse_report(line)
+        session = self.sessions.get(report.session, report.subsystem)
+        if report.subsystem == "smtp-in":
+            apply_report(session, report.params)
+        for handler in self._report_handlers.get((report.subsystem, report.event), ()):
+            self._call_report_handler(handler, session, report)
+        if report.event == "link-disconnect":
+            self._forget(report.session)
+        elif report.event == "tx-reset":
+            self._verdicts.pop(report.session, None)
+            self._streams.pop(report.session.encode(), None)
+
+    def _call_report_handler(self, handler: Handler, session: Session, report: p.Report) -> None:
+        if handler.is_async:
+            self._spawn(session.id, self._guard_report(handler, session, report))
+            return
+        try:
+            handler.fn(session, report)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"{report.event} handler failed: {exc!r}", session.id)
+
+    async def _guard_report(self, handler: Handler, session: Session, report: p.Report) -> None:
+        try:
+            await asyncio.wait_for(handler.fn(session, report), self.filter.deadline)
+        except asyncio.TimeoutError:
+            self.log(f"{report.event} handler ran past {self.filter.deadline}s", session.id)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"{report.event} handler failed: {exc!r}", session.id)
+
+    def _forget(self, sid: str) -> None:
+        self.sessions.drop(sid)
+        self._verdicts.pop(sid, None)
+        self._streams.pop(sid.encode(), None)
+        for task in self._tasks.pop(sid, ()):
+            task.cancel()
+
+    # -- requests ----------------------------------------------------------
+
+    def _request(self, line: bytes) -> None:
+        req = p.parse_request(line)
+        session = self.sessions.get(req.session)
+        if req.phase == "connect":
+            params = req.connect_params()
+            session.remember_connect(params.rdns, params.src)
+            args: tuple[Any, ...] = (params.rdns, params.src)
+        elif req.phase in p.PARAMETERLESS_PHASES:
+            args = ()
+        else:
+            args = (req.text,)
+        handlers = list(self._phase_handlers.get(req.phase, ()))
+        verdict = self._verdicts.pop(req.session, None) if req.phase == "commit" else None
+        if verdict is not None and not isinstance(verdict, Proceed):
+            self._answer(req, session, verdict)  # the message was already refused
+            return
+        if not any(h.is_async for h in handlers):
+            self._answer(req, session, self._run_sync_chain(req, session, handlers, args))
+            return
+        self._spawn(session.id, self._run_async_chain(req, session, handlers, args))
+
+    def _run_sync_chain(
+        self, req: p.Request, session: Session, handlers: list[Handler], args: tuple[Any, ...]
+    ) -> Decision | None:
+        for handler in handlers:
+            try:
+                decision = self._checked(req, session, handler.fn(session, *args))
+            except Exception as exc:  # noqa: BLE001
+                return self._failure(req, session, f"handler raised {exc!r}")
+            if decision is None or isinstance(decision, Proceed):
+                continue
+            return decision
+        return None
+
+    async def _run_async_chain(
+        self, req: p.Request, session: Session, handlers: list[Handler], args: tuple[Any, ...]
+    ) -> None:
+        decision: Decision | None = None
+        try:
+            async with asyncio.timeout(self.filter.deadline):
+                for handler in handlers:
+                    result = handler.fn(session, *args)
+                    if handler.is_async:
+                        result = await result
+                    decision = self._checked(req, session, result)
+                    if decision is not None and not isinstance(decision, Proceed):
+                        break
+                    decision = None
+        except asyncio.CancelledError:
+            if self.sessions.peek(req.session) is None:
+                raise  # session gone: smtpd would ignore an answer anyway
+            decision = self._failure(req, session, "handler cancelled")
+        except TimeoutError:
+            decision = self._failure(req, session, f"handler ran past {self.filter.deadline}s")
+        except Exception as exc:  # noqa: BLE001
+            decision = self._failure(req, session, f"handler raised {exc!r}")
+        self._answer(req, session, decision)
+        self.wake()
+
+    def _checked(self, req: p.Request, session: Session, result: Any) -> Decision | None:
+        """A handler's return value as a decision smtpd can take, or the failure
+        policy's (logged) when it is not one."""
+        if result is None:
+            return None
+        if not isinstance(result, Decision):
+            return self._failure(req, session, f"handler returned {result!r}, not a decision")
+        reason = refusal(result, req.phase, self.config)
+        if reason:
+            return self._failure(req, session, f"{result.kind} refused: {reason}")
+        return result
+
+    def _failure(self, req: p.Request, session: Session, why: str) -> Decision:
+        decision = failure_decision(self.filter.on_error, req.phase)
+        self.log(f"{req.phase}: {why}; answering {decision.kind} ({self.filter.on_error})", session.id)
+        return decision
+
+    def _answer(self, req: p.Request, session: Session, decision: Decision | None) -> None:
+        wire = decision.wire if decision is not None else b"proceed"
+        line = p.format_result(req.rules, p.encode_field(req.session), p.encode_field(req.token), wire)
+        reason = p.is_fatal_output(line)
+        if reason:  # cannot happen with checked decisions; never let it reach smtpd
+            self.log(f"{req.phase}: not writing {describe_line(line)} ({reason})", session.id)
+            line = p.format_result(
+                req.rules,
+                p.encode_field(req.session),
+                p.encode_field(req.token),
+                failure_decision(self.filter.on_error, req.phase).wire,
+            )
+        self.out.append(line)
+
+    def _spawn(self, sid: str, coro: Any) -> None:
+        if self.loop is None:
+            coro.close()
+            raise RuntimeError("async handlers need an event loop (Engine(loop=...))")
+        task = self.loop.create_task(coro)
+        tasks = self._tasks.setdefault(sid, set())
+        tasks.add(task)
+
+        def done(t: asyncio.Task[Any], sid: str = sid) -> None:
+            live = self._tasks.get(sid)
+            if live is not None:
+                live.discard(t)
+                if not live:
+                    del self._tasks[sid]
+            if not t.cancelled() and t.exception() is not None:
+                self.log(f"internal error in handler task: {t.exception()!r}", sid)
+
+        task.add_done_callback(done)
+
+    # -- data lines --------------------------------------------------------
+
+    def _data_line(self, parts: list[bytes]) -> None:
+        sid, payload = parts[5], parts[7]
+        stream = self._streams.get(sid)
+        if stream is None or stream.ended:
+            stream = self._open_stream(parts)
+            if stream is None:
+                return
+        if payload == b".":
+            self._end_stream(stream)
+            return
+        mode = stream.mode
+        if mode == _PASS:
+            if len(payload) > stream.legacy_room:
+                self._emit(stream, payload)
+            else:
+                self.out.append(stream.prefix + payload)
+        elif mode == _LINES:
+            self._line_through_handler(stream, payload)
+        elif mode == _WAIT:
+            stream.held.append(payload)
+        elif len(payload) > stream.room:
+            self._too_long(stream, len(payload))  # never buffered, never handed over
+        elif mode == _HEADERS:
+            self._header_line(stream, payload)
+        else:
+            stream.buffer.append(unstuff(payload))
+
+    def _open_stream(self, parts: list[bytes]) -> _Stream | None:
+        rules = p.rules_for(parts[1])
+        sid, token = parts[5], parts[6]
+        if rules is None or not sid or not token:
+            raise p.ProtocolError("data-line with bad version or ids")
+        prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
+        room = p.MAX_OUTPUT_LINE - len(prefix)
+        legacy = rules.since < (0, 7)
+        stream = _Stream(
+            sid=sid,
+            token=token,
+            rules=rules,
+            prefix=prefix,
+            room=room,
+            legacy_room=min(room, p.LEGACY_OUTPUT_LINE - len(prefix)) if legacy else room,
+            mode=self._data_mode,
+            after_headers=self._body_mode,
+        )
+        self._streams[sid] = stream
+        self.sessions.get(p.decode_field(sid))  # state is created on any line naming a session
+        return stream
+
+    def _session(self, stream: _Stream) -> Session:
+        return self.sessions.get(p.decode_field(stream.sid))
+
+    def _emit(self, stream: _Stream, line: bytes) -> None:
+        """Write one stuffed line, unless smtpd could not take it."""
+        if len(line) > stream.legacy_room:
+            if len(line) > stream.room:
+                self._too_long(stream, len(line))
+                return
+            self._legacy_cut(stream, len(line))
+        self.out.append(stream.prefix + line)
+
+    def _too_long(self, stream: _Stream, size: int) -> None:
+        if not stream.too_long:
+            stream.too_long = True
+            self.log(
+                f"dropping a {size}-byte message line (smtpd jams on output lines over "
+                f"{p.MAX_OUTPUT_LINE} bytes); the message will be refused at commit",
+                self._session(stream).id,
+            )
+
+    def _legacy_cut(self, stream: _Stream, size: int) -> None:
+        # Fits smtpd >= 7.4, but this smtpd (protocol < 0.7) keeps 2,047 bytes.
+        if not stream.legacy_cut:
+            stream.legacy_cut = True
+            action = "refusing the message" if self.filter.legacy_long_lines == "reject" else "passing it on"
+            self.log(
+                f"a {size}-byte message line will be cut at {p.LEGACY_OUTPUT_LINE} bytes by "
+                f"smtpd < 7.4; {action}",
+                self._session(stream).id,
+            )
+
+    def _line_through_handler(self, stream: _Stream, payload: bytes) -> None:
+        handler = self.filter.data_line_handler
+        assert handler is not None
+        if stream.failed:
+            self._emit(stream, payload)
+            return
+        try:
+            result = handler.fn(self._session(stream), unstuff(payload))
+        except Exception as exc:  # noqa: BLE001
+            self._data_failure(stream, f"data-line handler raised {exc!r}")
+            self._emit(stream, payload)
+            return
+        if result is None:
+            self._emit(stream, payload)
+        elif isinstance(result, bytes):
+            self._emit_content(stream, result)
+        elif isinstance(result, (list, tuple)) and all(isinstance(x, bytes) for x in result):
+            for line in result:
+                self._emit_content(stream, line)
+        else:
+            self._data_failure(stream, f"data-line handler returned {type(result).__name__}")
+            self._emit(stream, payload)
+
+    def _emit_content(self, stream: _Stream, line: bytes) -> None:
+        """An unstuffed line from a handler; lines with CR/LF are split."""
+        if b"\n" in line or b"\r" in line:
+            for piece in line.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+                self._emit(stream, stuff(piece))
+        else:
+            self._emit(stream, stuff(line))
+
+    def _data_failure(self, stream: _Stream, why: str) -> None:
+        stream.failed = True
+        session = self._session(stream)
+        self.log(f"{why}; message passed on unchanged ({self.filter.on_error})", session.id)
+
+    def _header_line(self, stream: _Stream, payload: bytes) -> None:
+        line = unstuff(payload)
+        if line == b"" or (
+            stream.buffer and line[:1] not in (b" ", b"\t") and b":" not in line
+        ):
+            # End of the header block: hand it over, then the body streams.
+            self._run_message_handler(stream, pending=[payload])
+            return
+        stream.buffer.append(line)
+
+    def _end_stream(self, stream: _Stream) -> None:
+        stream.ended = True
+        if stream.mode in (_HEADERS, _MESSAGE):
+            self._run_message_handler(stream, pending=[b"."])
+        elif stream.mode == _WAIT:
+            stream.held.append(b".")
+        else:
+            self._close_stream(stream)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        """The final ``.``, exactly once, and the verdict for commit."""
+        self.out.append(stream.prefix + b".")
+        sid = p.decode_field(stream.sid)
+        verdict = stream.verdict
+        if stream.too_long:
+            verdict = Reject(*LINE_TOO_LONG)
+        elif stream.legacy_cut and self.filter.legacy_long_lines == "reject":
+            verdict = Reject(*LEGACY_LINE_CUT)
+        elif stream.failed and self.filter.on_error == "fail-closed":
+            verdict = failure_decision("fail-closed", "commit")
+        if verdict is not None:
+            self._verdicts[sid] = verdict
+        if self._streams.get(stream.sid) is stream:
+            del self._streams[stream.sid]
+
+    # -- header / message handlers -------------------------------------------
+
+    def _run_message_handler(self, stream: _Stream, pending: list[bytes]) -> None:
+        """Call on_headers / on_message with what was buffered; ``pending``
+        holds raw payloads that came after it (the line that ended the header
+        block, or the final ``.``)."""
+        whole = stream.mode == _MESSAGE
+        handler = self.filter.message_handler if whole else self.filter.headers_handler
+        assert handler is not None
+        session = self._session(stream)
+        original, stream.buffer = stream.buffer, []
+        if stream.too_long:
+            # The message is refused at commit anyway; don't spend work on it.
+            self._release(stream, None, pending, original)
+            return
+        target: Message | Headers = Message.parse(original) if whole else Headers.parse(original)
+        if handler.is_async:
+            stream.mode = _WAIT
+            stream.held = pending
+            self._spawn(session.id, self._async_message(stream, session, handler, target, original))
+            return
+        try:
+            result = handler.fn(session, target)
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(stream, session, f"raised {exc!r}")
+            self._release(stream, None, pending, original)
+            return
+        verdict = self._message_result(stream, session, result)
+        self._release(stream, verdict, pending, original if stream.failed else target)
+
+    async def _async_message(
+        self,
+        stream: _Stream,
+        session: Session,
+        handler: Handler,
+        target: Message | Headers,
+        original: list[bytes],
+    ) -> None:
+        result: Any = None
+        try:
+            result = await asyncio.wait_for(handler.fn(session, target), self.filter.deadline)
+        except asyncio.CancelledError:
+            if self.sessions.peek(session.id) is None:
+                raise
+            self._message_failed(stream, session, "was cancelled")
+        except asyncio.TimeoutError:
+            self._message_failed(stream, session, f"ran past {self.filter.deadline}s")
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(stream, session, f"raised {exc!r}")
+        verdict = self._message_result(stream, session, result)
+        held, stream.held = stream.held, []
+        self._release(stream, verdict, held, original if stream.failed else target)
+        self.wake()
+
+    def _message_failed(self, stream: _Stream, session: Session, why: str) -> None:
+        stream.failed = True
+        kind = "message" if stream.mode == _MESSAGE or self.filter.message_handler else "headers"
+        self.log(f"{kind} handler {why}; message passed on unchanged ({self.filter.on_error})", session.id)
+
+    def _message_result(self, stream: _Stream, session: Session, result: Any) -> Decision | None:
+        if result is None or stream.failed:
+            return None
+        if not isinstance(result, Decision):
+            self._message_failed(stream, session, f"returned {result!r}, not a decision")
+            return None
+        reason = refusal(result, "commit", self.config)
+        if reason:
+            self._message_failed(stream, session, f"returned {result.kind}, refused: {reason}")
+            return None
+        return result
+
+    def _release(
+        self,
+        stream: _Stream,
+        verdict: Decision | None,
+        pending: list[bytes],
+        content: Message | Headers | list[bytes],
+    ) -> None:
+        """Emit the (edited) buffered lines, then replay what came meanwhile."""
+        if verdict is not None:
+            stream.verdict = verdict
+        lines = content if isinstance(content, list) else content.lines()
+        for line in lines:
+            self._emit(stream, stuff(line))
+        stream.mode = stream.after_headers
+        for payload in pending:
+            if payload == b"." and stream.ended:
+                self._close_stream(stream)
+                return
+            if stream.mode == _LINES:
+                self._line_through_handler(stream, payload)
+            else:
+                self._emit(stream, payload)
+
+
+# --------------------------------------------------------------------------
+# I/O
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
+
+
+class _Driver:
+    """Connects an Engine to smtpd's socket on an asyncio loop."""
+
+    def __init__(self, filt: Filter, rfd: int = 0, wfd: int = 1) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self.loop = asyncio.new_event_loop()
+        self.engine = Engine(filt, loop=self.loop, wake=self._schedule_flush)
+        self.filter = filt
+        self._flush_pending = False
+        self.closed = False
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending and not self.closed:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        out = self.engine.out
+        if not out or self.closed:
+            return
+        self.engine.out = []
+        try:
+            _write_all(self.wfd, b"\n".join(out) + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.stop()
+
+    def on_input(self, data: bytes) -> None:
+        if not data:
+            self.stop()
+            return
+        self.engine.feed(data)
+        self.flush()
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.rfd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except (ConnectionResetError, OSError):
+            data = b""
+        self.on_input(data)
+
+    def stop(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.loop.remove_reader(self.rfd)
+        except (ValueError, OSError):
+            pass
+        self.engine.eof()
+        self.loop.stop()
+
+    def _reader_thread(self) -> None:
+        """Fallback for inputs epoll cannot watch (regular files)."""
+        while True:
+            try:
+                data = os.read(self.rfd, READ_SIZE)
+            except OSError:
+                data = b""
+            self.loop.call_soon_threadsafe(self.on_input, data)
+            if not data:
+                return
+
+    def reload(self) -> None:
+        for fn in self.filter.reload_handlers:
+            try:
+                fn()
+                self.filter.log("reloaded")
+            except Exception as exc:  # noqa: BLE001 - a bad reload keeps the old state
+                self.filter.log(f"reload failed, keeping the previous state: {exc!r}")
+
+    def run(self) -> int:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        try:
+            loop.add_reader(self.rfd, self._readable)
+        except (PermissionError, OSError):
+            threading.Thread(target=self._reader_thread, daemon=True).start()
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+        return 0
+
+
+def _early_signals() -> None:
+    # smtpd resets SIGHUP/SIGPIPE/SIGTERM to their defaults before exec: a
+    # SIGHUP would kill the filter, and smtpd with it.  Until the loop takes
+    # over, ignore HUP and let a write to a closed socket raise, not kill.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+def run(filt: Filter, rfd: int = 0, wfd: int = 1) -> int:
+    """Run the filter on smtpd's socket until EOF; returns the exit status."""
+    _early_signals()
+    return _Driver(filt, rfd, wfd).run()
