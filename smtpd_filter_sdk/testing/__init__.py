@@ -1,0 +1,1 @@
+"""Testing tools for filter authors: wire builders, harnesses, checker, strategies."""
