@@ -1,0 +1,44 @@
+"""A few lines to drive the SDK's Engine in-process from tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Iterable
+
+from smtpd_filter_sdk import Filter
+from smtpd_filter_sdk.runtime import Engine
+from smtpd_filter_sdk.testing.wire import Wire
+
+
+class Driven:
+    """An Engine on a private event loop; ``send`` returns what it wrote."""
+
+    def __init__(self, filt: Filter, dialect: str = "0.6", handshake: bool = True) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.engine = Engine(filt, loop=self.loop)
+        self.wire = Wire(dialect)
+        self.registration: list[bytes] = []
+        if handshake:
+            self.registration = self.send(*self.wire.handshake())
+
+    def send(self, *lines: bytes) -> list[bytes]:
+        for line in lines:
+            self.engine.feed(line + b"\n")
+        return self.take()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.engine.feed(data)
+        return self.take()
+
+    def take(self) -> list[bytes]:
+        self.loop.run_until_complete(self.engine.settle())
+        out, self.engine.out = self.engine.out, []
+        return out
+
+    def close(self) -> None:
+        self.engine.eof()
+        self.loop.close()
+
+
+def requests_in(lines: Iterable[bytes]) -> list[bytes]:
+    return [line for line in lines if line.startswith(b"filter|") and line.split(b"|")[4] != b"data-line"]
