@@ -53,6 +53,13 @@ class _Stream:
     room: int  # longest payload that can be echoed
     legacy_room: int  # longest payload smtpd < 7.4 keeps whole
     mode: int
+    session: Session
+    # For the hot path (SID-first versions): a request's ``TOK|payload`` rest
+    # is echoed as ``fast_prefix + rest``, no re-splitting, no record.
+    fast_prefix: bytes | None
+    token_bar: bytes  # b"TOK|"
+    dot_rest: bytes  # b"TOK|." : the end of the message
+    rest_room: int  # longest ``TOK|payload`` that fits the output limits
     after_headers: int = _PASS  # mode once the header block is done
     buffer: list[bytes] = field(default_factory=list)  # unstuffed lines
     held: list[bytes] = field(default_factory=list)  # raw payloads during _WAIT
@@ -83,6 +90,10 @@ class Engine:
         self.registered = False
         self._carry = b""
         self._streams: dict[bytes, _Stream] = {}
+        # sid -> (fast_prefix, dot_rest, rest_room, token_bar, session or None
+        # for pass-through, stream) for streams whose lines the hot loop in
+        # feed() may handle; kept in step by _set_mode.
+        self._fast: dict[bytes, tuple[bytes, bytes, int, bytes, Session | None, _Stream]] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._phase_handlers = filt.phase_handlers
@@ -104,13 +115,45 @@ class Engine:
     # -- input -------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        """A chunk of input, split into lines (the last partial one is kept)."""
+        """A chunk of input, split into lines (the last partial one is kept).
+
+        Data lines of an open stream in pass-through or line-handler mode are
+        handled right here, without a method call or a record per line: smtpd
+        sends every line of every message, so this loop caps the server.
+        Anything unusual falls through to ``handle_line``.
+        """
         if self._carry:
             data = self._carry + data
         lines = data.split(b"\n")
         self._carry = lines.pop()
         handle = self.handle_line
+        fast_get = self._fast.get
+        out_append = self.out.append
+        line_handler = self.filter.data_line_handler
+        line_fn = line_handler.fn if line_handler is not None else None
         for line in lines:
+            parts = line.split(b"|", 6)
+            if len(parts) == 7:
+                fast = fast_get(parts[5])
+                if fast is not None and parts[4] == b"data-line":
+                    prefix, dot_rest, rest_room, token_bar, session, stream = fast
+                    rest = parts[6]
+                    if len(rest) <= rest_room and rest != dot_rest:
+                        if session is None:  # pass-through
+                            out_append(prefix + rest)
+                            continue
+                        if line_fn is not None and rest.startswith(token_bar):
+                            payload = rest[len(token_bar) :]
+                            try:
+                                result = line_fn(session, payload[1:] if payload[:1] == b"." else payload)
+                            except Exception as exc:  # noqa: BLE001
+                                self._data_failure(stream, f"data-line handler raised {exc!r}")
+                                result = None
+                            if result is None:
+                                out_append(prefix + rest)
+                            else:
+                                self._line_result(stream, payload, result)
+                            continue
             handle(line)
 
     def handle_line(self, line: bytes) -> None:
@@ -188,7 +231,7 @@ class Engine:
             self._forget(report.session)
         elif report.event == "tx-reset":
             self._verdicts.pop(report.session, None)
-            self._streams.pop(report.session.encode(), None)
+            self._drop_stream(report.session.encode())
 
     def _call_report_handler(self, handler: Handler, session: Session, report: p.Report) -> None:
         if handler.is_async:
@@ -210,7 +253,7 @@ class Engine:
     def _forget(self, sid: str) -> None:
         self.sessions.drop(sid)
         self._verdicts.pop(sid, None)
-        self._streams.pop(sid.encode(), None)
+        self._drop_stream(sid.encode())
         for task in self._tasks.pop(sid, ()):
             task.cancel()
 
@@ -361,23 +404,46 @@ class Engine:
             raise p.ProtocolError("data-line with bad version or ids")
         prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
         room = p.MAX_OUTPUT_LINE - len(prefix)
-        legacy = rules.since < (0, 7)
+        legacy_room = min(room, p.LEGACY_OUTPUT_LINE - len(prefix)) if rules.since < (0, 7) else room
         stream = _Stream(
             sid=sid,
             token=token,
             rules=rules,
             prefix=prefix,
             room=room,
-            legacy_room=min(room, p.LEGACY_OUTPUT_LINE - len(prefix)) if legacy else room,
+            legacy_room=legacy_room,
             mode=self._data_mode,
+            session=self.sessions.get(p.decode_field(sid)),  # created on any line naming it
+            fast_prefix=None if rules.token_first else b"filter-dataline|" + sid + b"|",
+            token_bar=token + b"|",
+            dot_rest=token + b"|.",
+            rest_room=legacy_room + len(token) + 1,
             after_headers=self._body_mode,
         )
         self._streams[sid] = stream
-        self.sessions.get(p.decode_field(sid))  # state is created on any line naming a session
+        self._set_mode(stream, stream.mode)
         return stream
 
+    def _set_mode(self, stream: _Stream, mode: int) -> None:
+        stream.mode = mode
+        if stream.fast_prefix is not None and mode in (_PASS, _LINES):
+            self._fast[stream.sid] = (
+                stream.fast_prefix,
+                stream.dot_rest,
+                stream.rest_room,
+                stream.token_bar,
+                stream.session if mode == _LINES else None,
+                stream,
+            )
+        else:
+            self._fast.pop(stream.sid, None)
+
+    def _drop_stream(self, sid: bytes) -> None:
+        self._streams.pop(sid, None)
+        self._fast.pop(sid, None)
+
     def _session(self, stream: _Stream) -> Session:
-        return self.sessions.get(p.decode_field(stream.sid))
+        return stream.session
 
     def _emit(self, stream: _Stream, line: bytes) -> None:
         """Write one stuffed line, unless smtpd could not take it."""
@@ -415,11 +481,14 @@ class Engine:
             self._emit(stream, payload)
             return
         try:
-            result = handler.fn(self._session(stream), unstuff(payload))
+            result = handler.fn(stream.session, unstuff(payload))
         except Exception as exc:  # noqa: BLE001
             self._data_failure(stream, f"data-line handler raised {exc!r}")
-            self._emit(stream, payload)
-            return
+            result = None
+        self._line_result(stream, payload, result)
+
+    def _line_result(self, stream: _Stream, payload: bytes, result: Any) -> None:
+        """Emit what a data-line handler made of ``payload`` (stuffed input)."""
         if result is None:
             self._emit(stream, payload)
         elif isinstance(result, bytes):
@@ -441,6 +510,8 @@ class Engine:
 
     def _data_failure(self, stream: _Stream, why: str) -> None:
         stream.failed = True
+        if stream.mode == _LINES:
+            self._set_mode(stream, _PASS)  # the rest of the message passes unchanged
         session = self._session(stream)
         self.log(f"{why}; message passed on unchanged ({self.filter.on_error})", session.id)
 
@@ -477,7 +548,7 @@ class Engine:
         if verdict is not None:
             self._verdicts[sid] = verdict
         if self._streams.get(stream.sid) is stream:
-            del self._streams[stream.sid]
+            self._drop_stream(stream.sid)
 
     # -- header / message handlers -------------------------------------------
 
@@ -496,7 +567,7 @@ class Engine:
             return
         target: Message | Headers = Message.parse(original) if whole else Headers.parse(original)
         if handler.is_async:
-            stream.mode = _WAIT
+            self._set_mode(stream, _WAIT)
             stream.held = pending
             self._spawn(session.id, self._async_message(stream, session, handler, target, original))
             return
@@ -563,7 +634,7 @@ class Engine:
         lines = content if isinstance(content, list) else content.lines()
         for line in lines:
             self._emit(stream, stuff(line))
-        stream.mode = stream.after_headers
+        self._set_mode(stream, stream.after_headers)
         for payload in pending:
             if payload == b"." and stream.ended:
                 self._close_stream(stream)
@@ -611,8 +682,9 @@ class _Driver:
         if not out or self.closed:
             return
         self.engine.out = []
+        out.append(b"")  # the last newline, without copying the joined block
         try:
-            _write_all(self.wfd, b"\n".join(out) + b"\n")
+            _write_all(self.wfd, b"\n".join(out))
         except (BrokenPipeError, ConnectionResetError):
             self.stop()
 
