@@ -453,3 +453,53 @@ def test_client_disconnect_mid_data_leaves_nothing_behind():
 
 def test_proceed_decision_is_the_same_object():
     assert proceed() is proceed()
+
+
+def test_blocking_code_in_a_thread_does_not_hold_up_other_sessions():
+    import time as _time
+
+    from smtpd_filter_sdk import in_thread
+
+    f = Filter("t", deadline=5)
+
+    @f.on("helo")
+    @in_thread
+    def blocking(session, name):
+        _time.sleep(0.3 if name == "slow" else 0)
+        return reject(550, "5.7.1 " + name)
+
+    d = Driven(f)
+    out = d.send(d.wire.request(TS, "helo", "s1", TOK, "slow"), d.wire.request(TS, "helo", "s2", TOK, "fast"))
+    assert [line.split(b"|")[1] for line in out] == [b"s2", b"s1"]
+
+
+def test_config_handlers_see_the_handshake():
+    seen = []
+    f = Filter("t")
+    f.on_config(seen.append)
+    Driven(f, "0.7/7.6")
+    assert seen[0].protocol == "0.7" and seen[0].admd == "mx.test" and seen[0].ready
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Filter("t", on_error="maybe"),
+        lambda: Filter("t", deadline=0),
+        lambda: Filter("t", legacy_long_lines="truncate"),
+        lambda: Filter("t").on("data-line"),
+        lambda: Filter("t").on("bogus"),
+        lambda: Filter("t").on_report("link-reset"),
+    ],
+)
+def test_filter_misconfiguration_fails_at_definition_time(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_async_data_line_handler_is_refused():
+    async def line(session, data):
+        return None
+
+    with pytest.raises(TypeError):
+        Filter("t").on_data_line(line)
