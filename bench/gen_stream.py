@@ -442,6 +442,7 @@ class Stream:
         if prev < len(lines_b) or not segs:
             segs.append(Segment(offs[prev], offs[-1], None))
         self.segments = segs
+        self.tokens = tokens
         self.lines_per_session = len(lines_b)
         self.bytes_per_session = len(self.template)
         self.requests_per_session = nreq
