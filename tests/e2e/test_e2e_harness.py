@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def raw_server(smtpd_factory, e2e_runtime):
     srv = smtpd_factory(
-        [e2e_runtime.test_filter("raw_echo.py", "--header", "X-Raw-Filter: seen", "--log", "-")]
+        [e2e_runtime.test_filter("raw_echo.py", "--header", "X-Raw-Filter: seen", "--log", "-")],
+        ipv6=True,
     )
     return srv
 
@@ -89,3 +90,12 @@ def test_raw_filter_passes_a_message_through(raw_server, tok):
     # the filter's stderr is in smtpd's log, prefixed with the filter name
     assert raw_server.log_lines(r"f1: config\|ready")
     raw_server.assert_alive()
+
+
+def test_ipv6_loopback_listener(raw_server, tok):
+    with raw_server.smtp(host="::1") as c:
+        c.ehlo("client.e2e.test")
+        assert c.sendmail("alice@client.e2e.test", [f"bob@{DOMAIN}"], make_message(tok)) == {}
+    received = raw_server.maildir.wait_for(tok).headers("Received")[0]
+    assert "(localhost [::1])" in received, received
+    assert raw_server.log_lines(r"f1: report\|0\.6\|.*\|link-connect\|.*\|localhost\|pass\|\[::1\]:\d+\|\[::1\]:25$")

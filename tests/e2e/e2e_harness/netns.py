@@ -38,6 +38,13 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 HOSTS_NAMES = ("mx.e2e.test", "e2e.test")
 
 
+def _death_guard() -> list[str]:
+    """Prefix that makes a child get SIGTERM if the test process dies (setpriv
+    execs in place and the parent-death signal survives the exec of nsenter,
+    unshare and smtpd), so a killed pytest leaves nothing behind."""
+    return ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+
+
 def _in_thread_netns(ns_fd: int, fn: Callable[[], T]) -> T:
     box: dict[str, Any] = {}
 
@@ -146,7 +153,7 @@ class Namespace:
         )
         # unshare and sh exec in place: the Popen PID is the holder's PID.
         self.holder = subprocess.Popen(
-            ["unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
+            [*_death_guard(), "unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=open(w / "ns.log", "wb"),
@@ -229,7 +236,8 @@ class Namespace:
 
     # -- running things inside
     def nsenter_argv(self) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
+        """Command prefix to run something inside (exec chain: same PID)."""
+        return [*_death_guard(), "nsenter", "-t", str(self.pid), "-n", "-m", "--"]
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen:
         """Start ``argv`` inside the namespace (nsenter execs it: same PID)."""

@@ -34,14 +34,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .prereq import PrerequisiteError
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 FILTER_USER = "opensmtpd"
 HERE = Path(__file__).resolve().parent
 E2E_DIR = HERE.parent
 REPO = E2E_DIR.parent.parent
-
-
-from .prereq import PrerequisiteError
 
 
 def base_dir() -> Path:

@@ -280,9 +280,15 @@ class SmtpdServer:
         self.stop()
 
     # ---------------------------------------------------------------- clients
-    def smtp(self, port: int | None = None, timeout: float = 30.0, local_hostname: str = "client.e2e.test") -> NsSMTP:
+    def smtp(
+        self,
+        port: int | None = None,
+        timeout: float = 30.0,
+        local_hostname: str = "client.e2e.test",
+        host: str = "127.0.0.1",
+    ) -> NsSMTP:
         """A connected smtplib client (banner read) inside the namespace."""
-        return NsSMTP(self.ns, "127.0.0.1", port or self.port, timeout=timeout, local_hostname=local_hostname)
+        return NsSMTP(self.ns, host, port or self.port, timeout=timeout, local_hostname=local_hostname)
 
     def submission_client(self, timeout: float = 30.0) -> NsSMTP:
         return self.smtp(self.submission_port, timeout=timeout)
