@@ -542,6 +542,7 @@ class _HarnessBase:
         fail_on: Sequence[str] = (FATAL, HANG),
         handshake: Sequence[bytes] | None = None,
         on_note: Callable[[str], None] | None = None,
+        on_finding: Callable[[Finding], None] | None = None,
         start: bool = True,
     ) -> None:
         self.transport = transport
@@ -558,6 +559,7 @@ class _HarnessBase:
             hostname=hostname,
             handshake=handshake,
             on_note=on_note,
+            on_finding=on_finding,
         )
         self._checked = 0
         self._closed = False

@@ -470,7 +470,7 @@ def message_lines(
         pairs = list(headers.items())
     else:
         pairs = list(headers)
-    out = [p.encode_field(f"{k}: {v}") for k, v in pairs]
+    out = [line for k, v in pairs for line in p.encode_field(f"{k}: {v}").replace(b"\r\n", b"\n").split(b"\n")]
     out.append(b"")
     out.extend(split_lines(body))
     return tuple(out)
@@ -1211,7 +1211,7 @@ class SimSession:
                         continue
                     if event == "protocol-client" and len(parts) > 6:
                         sim.note(self, "C", p.decode_field(b"|".join(parts[6:])))
-                    for _ in range(sim.report_count(event)):
+                    for _ in range(sim.reports.get((p.decode_field(parts[3]), event), 0)):
                         sim.emit(line)
                     if event == "link-disconnect":
                         self.closed = True
@@ -1493,8 +1493,8 @@ class Lka:
             stream.done = True
             sim.resolve(s, list(stream.output), "data")
             return
-        if b"\r" in payload:
-            sim.finding(WARN, "cr-in-output", "CR inside a data line: smtpd stores it in the message (CR CR LF)", line=raw, session=s.sid, once=("cr-data", s.sid))
+        if b"\r" in payload and payload not in stream.input:
+            sim.finding(WARN, "cr-in-output", "CR inside a data line the client did not send: smtpd stores it in the message", line=raw, session=s.sid, once=("cr-data", s.sid))
         stream.output.append(payload)
 
     def _result(self, s: SimSession, tok: int, response: bytes, raw: bytes, text: str) -> None:
