@@ -44,7 +44,9 @@ REPO = E2E_DIR.parent.parent
 
 
 def base_dir() -> Path:
-    base = Path(f"/var/tmp/smtpd-filters-e2e-{os.getuid()}")
+    """``$SMTPD_FILTERS_E2E_BASE`` or /var/tmp/smtpd-filters-e2e-<uid> (every
+    component of the path must be traversable by the filter user)."""
+    base = Path(os.environ.get("SMTPD_FILTERS_E2E_BASE") or f"/var/tmp/smtpd-filters-e2e-{os.getuid()}")
     try:
         base.mkdir(mode=0o755)
     except FileExistsError:
