@@ -70,7 +70,7 @@ def smtpd_factory(e2e_runtime: Runtime):
         leftovers = s.stop()
         if not was_started:
             continue
-        if s.alive_at_stop is False and not getattr(s, "expect_exit", False):
+        if s.alive_at_stop is False and not s.expect_exit:
             problems.append(f"smtpd {s.dir.name} died during the module:\n{s.log_tail()}")
         if leftovers:
             listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leftovers)
