@@ -1,0 +1,212 @@
+"""Go-style command-line flags, as the Go filters (poolpOrg's) parse them.
+
+    flags = GoFlags("py-filter-senderscore", "SenderScore reputation filter")
+    flags.int("blockBelow", -1, "disconnect clients scoring below N", metavar="N")
+    flags.bool("scoreHeader", False, "add X-SenderScore: N to every message")
+    flags.string("allowlist", "", "file of IPs/CIDRs never scored", aliases=["whitelist"])
+    opts = flags.parse(sys.argv[1:])     # a bad flag: one line on stderr, exit 2
+    opts.blockBelow, opts.scoreHeader, opts.allowlist
+
+Accepted like Go's ``flag`` package: ``-name value``, ``-name=value``,
+``--name`` forms; booleans as ``-name`` or ``-name=true|false`` (``1 0 t f T F
+true false TRUE FALSE True False``); parsing stops at ``--`` or the first
+argument that is not a flag.  Unlike Go, names are matched exactly (no
+abbreviations), stray positional arguments are an error unless allowed, and
+every error is a *single* line (smtpd copies a filter's stderr into the mail
+log line by line): ``prog: flag provided but not defined: -x (usage: prog
+[-a N] [-b] ...)`` and exit status 2.  ``-h``/``-help`` prints the full usage
+and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn, Sequence
+
+__all__ = ["GoFlags", "Options", "UsageError"]
+
+_TRUE = {"1", "t", "T", "true", "TRUE", "True"}
+_FALSE = {"0", "f", "F", "false", "FALSE", "False"}
+
+
+class UsageError(Exception):
+    """A command line that cannot be used (the message is one line)."""
+
+
+@dataclass
+class _Flag:
+    name: str
+    kind: str  # int | float | string | bool | choice
+    default: Any
+    help: str
+    metavar: str
+    choices: tuple[str, ...] = ()
+    validate: Callable[[Any], Any] | None = None
+    aliases: tuple[str, ...] = ()
+    hidden: bool = False
+
+
+class Options:
+    """Parsed flags as attributes; ``given`` holds the names set explicitly."""
+
+    def __init__(self) -> None:
+        self.given: set[str] = set()
+        self.args: list[str] = []
+
+    def __repr__(self) -> str:
+        items = {k: v for k, v in vars(self).items() if k not in ("given", "args")}
+        return f"Options({items}, args={self.args})"
+
+
+@dataclass
+class GoFlags:
+    prog: str
+    description: str = ""
+    positional: str | None = None  # e.g. "[zone:weight ...]"; None: none allowed
+    _flags: dict[str, _Flag] = field(default_factory=dict)
+    _order: list[_Flag] = field(default_factory=list)
+
+    # -- declaring -------------------------------------------------------
+
+    def _add(self, flag: _Flag) -> None:
+        for name in (flag.name, *flag.aliases):
+            if not name or name.startswith("-") or "=" in name:
+                raise ValueError(f"bad flag name {name!r}")
+            if name in self._flags or name in ("h", "help"):
+                raise ValueError(f"flag -{name} defined twice")
+            self._flags[name] = flag
+        self._order.append(flag)
+
+    def int(self, name: str, default: int, help: str, *, metavar: str = "N", **kw: Any) -> None:
+        self._add(_Flag(name, "int", default, help, metavar, **kw))
+
+    def float(self, name: str, default: float, help: str, *, metavar: str = "SECONDS", **kw: Any) -> None:
+        self._add(_Flag(name, "float", default, help, metavar, **kw))
+
+    def string(self, name: str, default: str, help: str, *, metavar: str = "VALUE", **kw: Any) -> None:
+        self._add(_Flag(name, "string", default, help, metavar, **kw))
+
+    def bool(self, name: str, default: bool, help: str, **kw: Any) -> None:
+        self._add(_Flag(name, "bool", default, help, "", **kw))
+
+    def choice(self, name: str, default: str, choices: Sequence[str], help: str, **kw: Any) -> None:
+        metavar = kw.pop("metavar", "|".join(choices))
+        self._add(_Flag(name, "choice", default, help, metavar, tuple(choices), **kw))
+
+    # -- usage -----------------------------------------------------------
+
+    def synopsis(self) -> str:
+        parts = []
+        for flag in self._order:
+            if flag.hidden:
+                continue
+            parts.append(f"[-{flag.name}]" if flag.kind == "bool" else f"[-{flag.name} {flag.metavar}]")
+        if self.positional:
+            parts.append(self.positional)
+        return " ".join([self.prog, *parts])
+
+    def usage(self) -> str:
+        lines = [f"usage: {self.synopsis()}"]
+        if self.description:
+            lines += ["", self.description]
+        lines.append("")
+        for flag in self._order:
+            if flag.hidden:
+                continue
+            head = f"  -{flag.name}" + (f" {flag.metavar}" if flag.kind != "bool" else "")
+            lines.append(head)
+            text = flag.help
+            if flag.aliases:
+                text += " (also -" + ", -".join(flag.aliases) + ")"
+            if flag.kind != "bool" and flag.default not in ("", None):
+                text += f" (default {flag.default})"
+            lines.append(f"        {text}")
+        return "\n".join(lines)
+
+    # -- parsing ---------------------------------------------------------
+
+    def parse_or_raise(self, argv: Sequence[str]) -> Options:
+        """Parse ``argv`` (without the program name); UsageError if bad.
+        ``-h``/``-help`` raises SystemExit(0) after printing the usage."""
+        opts = Options()
+        for flag in self._order:
+            setattr(opts, flag.name, flag.default)
+        args = list(argv)
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                i += 1
+                break
+            if len(arg) < 2 or not arg.startswith("-"):
+                break
+            body = arg[2:] if arg.startswith("--") else arg[1:]
+            if not body or body.startswith("-") or body.startswith("="):
+                raise UsageError(f"bad flag syntax: {arg}")
+            name, eq, value = body.partition("=")
+            if name in ("h", "help"):
+                print(self.usage(), file=sys.stderr)
+                raise SystemExit(0)
+            flag = self._flags.get(name)
+            if flag is None:
+                raise UsageError(f"flag provided but not defined: -{name}")
+            i += 1
+            if flag.kind == "bool":
+                if eq:
+                    if value in _TRUE:
+                        parsed: Any = True
+                    elif value in _FALSE:
+                        parsed = False
+                    else:
+                        raise UsageError(f'invalid boolean value "{value}" for -{name}')
+                else:
+                    parsed = True
+            else:
+                if not eq:
+                    if i >= len(args):
+                        raise UsageError(f"flag needs an argument: -{name}")
+                    value = args[i]
+                    i += 1
+                parsed = self._convert(flag, name, value)
+            if flag.validate is not None:
+                try:
+                    result = flag.validate(parsed)
+                except (ValueError, TypeError) as exc:
+                    raise UsageError(f'invalid value "{value if flag.kind != "bool" else parsed}" for flag -{name}: {exc}') from None
+                if result is not None:
+                    parsed = result
+            setattr(opts, flag.name, parsed)
+            opts.given.add(flag.name)
+        opts.args = args[i:]
+        if opts.args and self.positional is None:
+            raise UsageError(f"unexpected argument {opts.args[0]!r}")
+        return opts
+
+    def _convert(self, flag: _Flag, name: str, value: str) -> Any:
+        try:
+            if flag.kind == "int":
+                return int(value, 10)
+            if flag.kind == "float":
+                number = float(value)
+                if number != number or number in (float("inf"), float("-inf")):
+                    raise ValueError("not a finite number")
+                return number
+        except ValueError:
+            raise UsageError(f'invalid value "{value}" for flag -{name}: parse error') from None
+        if flag.kind == "choice" and value not in flag.choices:
+            raise UsageError(f'invalid value "{value}" for flag -{name}: one of {", ".join(flag.choices)}')
+        return value
+
+    def parse(self, argv: Sequence[str] | None = None) -> Options:
+        """Parse, or exit 2 with a one-line error on stderr."""
+        try:
+            return self.parse_or_raise(sys.argv[1:] if argv is None else argv)
+        except UsageError as exc:
+            self.fail(str(exc))
+
+    def fail(self, message: str) -> NoReturn:
+        """One line on stderr (``prog: message (usage: …)``), exit status 2."""
+        line = f"{self.prog}: {message} (usage: {self.synopsis()})"
+        print(line.replace("\n", " "), file=sys.stderr, flush=True)
+        raise SystemExit(2)
