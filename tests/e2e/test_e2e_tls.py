@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from pathlib import Path
 
 import pytest
 
@@ -83,10 +84,10 @@ def test_authenticated_submission_delivers_through_the_filters(server, tok):
 
 def test_filters_run_without_the_tls_preload(server):
     # every filter process in the namespace: no LD_PRELOAD in its environment
-    filters = [p for p in server.ns.pids() if b"raw_echo.py" in open(f"/proc/{p}/cmdline", "rb").read()]
+    filters = [p for p in server.ns.pids() if b"raw_echo.py" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert filters, "raw_echo.py filter process not found"
     for p in filters:
-        env = open(f"/proc/{p}/environ", "rb").read().split(b"\0")
+        env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
         assert not [e for e in env if e.startswith(b"LD_PRELOAD=")], env
         assert b"LANG=C.UTF-8" in env
 

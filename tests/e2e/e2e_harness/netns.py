@@ -152,13 +152,14 @@ class Namespace:
             "echo ready; exec sleep infinity"
         )
         # unshare and sh exec in place: the Popen PID is the holder's PID.
-        self.holder = subprocess.Popen(
-            [*_death_guard(), "unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=open(w / "ns.log", "wb"),
-            start_new_session=True,
-        )
+        with open(w / "ns.log", "wb") as errlog:
+            self.holder = subprocess.Popen(
+                [*_death_guard(), "unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errlog,
+                start_new_session=True,
+            )
         assert self.holder.stdout is not None
         ready, _, _ = select.select([self.holder.stdout], [], [], timeout)
         line = self.holder.stdout.readline() if ready else b""
