@@ -653,12 +653,16 @@ def is_fatal_output(line: bytes) -> str | None:
     """Why smtpd would die (or jam) on this output line after ``register|ready``;
     None when it is acceptable.  A last line of defence: the runtime never
     writes a line this returns a reason for."""
-    if b"\n" in line or b"\r" in line:
-        return "CR or LF inside an output line"
+    if b"\n" in line:
+        return "LF inside an output line"
     if len(line) > MAX_OUTPUT_LINE:
         return "output line over 65,535 bytes jams smtpd"
     if line.startswith(b"filter-dataline|"):
+        # A CR in a data line is message content: smtpd forwards bare CRs
+        # from clients and stores them back (protocol.md §4.1, §5.4).
         return None
+    if b"\r" in line:
+        return "CR inside an output line"
     if line.startswith(b"filter-result|"):
         parts = line.split(b"|", 4)
         if len(parts) < 4:
