@@ -274,6 +274,8 @@ class Resolver:
         *,
         edns_payload: int = 1232,
     ) -> None:
+        """``edns_payload``: the UDP answer size offered with EDNS (0: no
+        EDNS, 512 bytes); larger answers come truncated and go over TCP."""
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         if nameservers is None or len(nameservers) == 0:
@@ -318,7 +320,10 @@ class Resolver:
         return last
 
     async def _ask(self, ns: Nameserver, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: float) -> Answer:
-        q = dns.message.make_query(qname, rdtype, use_edns=0, payload=self.edns_payload)
+        if self.edns_payload:
+            q = dns.message.make_query(qname, rdtype, use_edns=0, payload=self.edns_payload)
+        else:
+            q = dns.message.make_query(qname, rdtype)  # no EDNS: 512-byte UDP answers
         q.id = random.getrandbits(16)
         self.queries += 1
         try:
