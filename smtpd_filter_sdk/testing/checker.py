@@ -43,6 +43,9 @@ from .scenarios import Scenario, builtin_scenarios
 from .simulator import FATAL, HANG, WARN, Finding
 from .wire import DIALECTS
 
+#: ``check(out=STDOUT)``: print to whatever sys.stdout is at the time.
+STDOUT = object()
+
 #: The dialects ``--dialect all`` means (every released one).
 RELEASED_DIALECTS = ("0.4", "0.6", "0.7", "0.7/7.6")
 
@@ -112,8 +115,8 @@ def load_capture(path: str | Path) -> tuple[list[bytes], list[bytes], str]:
 
 
 class _Printer:
-    def __init__(self, out: TextIO | None, verbosity: int) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None | object, verbosity: int) -> None:
+        self.out = sys.stdout if out is STDOUT else out
         self.verbosity = verbosity
 
     def __call__(self, text: str, level: int = 1) -> None:
@@ -140,10 +143,11 @@ def check(
     name: str | None = None,
     smtp_out: bool = False,
     max_restarts: int = 8,
-    out: TextIO | None = sys.stdout,
+    out: TextIO | None | object = None,
     verbosity: int = 1,
 ) -> CheckResult:
     """Check a filter command for each dialect; see the module docstring.
+    ``out``: where to print (None: nowhere, ``STDOUT``: sys.stdout);
     ``verbosity``: 0 findings and verdict only, 1 transcript too, 2 also
     the filter's stderr as smtpd would log it."""
     command_text = command if isinstance(command, str) else shlex.join(command)
@@ -397,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name,
         smtp_out=args.smtp_out,
         verbosity=0 if args.quiet else (2 if args.verbose else 1),
+        out=STDOUT,
     )
     return result.exit_status
 

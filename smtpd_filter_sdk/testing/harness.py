@@ -543,6 +543,7 @@ class _HarnessBase:
         handshake: Sequence[bytes] | None = None,
         on_note: Callable[[str], None] | None = None,
         on_finding: Callable[[Finding], None] | None = None,
+        record: bool = False,
         start: bool = True,
     ) -> None:
         self.transport = transport
@@ -560,6 +561,7 @@ class _HarnessBase:
             handshake=handshake,
             on_note=on_note,
             on_finding=on_finding,
+            record=record,
         )
         self._checked = 0
         self._closed = False
@@ -592,6 +594,16 @@ class _HarnessBase:
     def dead(self) -> Finding | None:
         """The finding smtpd would have exited (or jammed) on, if any."""
         return self.sim.dead
+
+    @property
+    def sent(self) -> list[bytes]:
+        """Every line sent to the filter (needs ``record=True``)."""
+        return [line for d, line in self.sim.wire_log or () if d == ">"]
+
+    @property
+    def received(self) -> list[bytes]:
+        """Every line the filter wrote (needs ``record=True``)."""
+        return [line for d, line in self.sim.wire_log or () if d == "<"]
 
     def findings_of(self, *severities: str) -> list[Finding]:
         return [f for f in self.findings if f.severity in severities]

@@ -1243,6 +1243,12 @@ class SimSession:
                         yield _Wait("data", self, "data-line")
                         self.pending = None
                         sim.note(self, "F", f"data-line -> {len(self.stream.output)} lines back, then '.'")
+                        msg = MessageResult(input_lines=self.stream.input[:-1], output_lines=list(self.stream.output), data_filtered=True)
+                        self._take_message(msg)
+                        for h in msg.headers_added():
+                            sim.note(self, "F", f"header added: {h}")
+                        for h in msg.headers_removed():
+                            sim.note(self, "F", f"header removed: {h}")
                     else:
                         self.stream.input.append(parts[7])
                         sim.emit(fixed)
@@ -1512,7 +1518,9 @@ class Lka:
             if kind == "junk" and s.lka_phase == "commit":
                 self._fatal("junk-at-commit", "junk at the commit phase", "lookup: filter-reponse junk after DATA", raw, s.sid)
             if kind == "proceed" and tok != expected:
-                self._fatal("misbehaving-filter", f"token {tok:016x} is not the token of this session's {s.lka_phase} request", "lookup: misbehaving filter", raw, s.sid)
+                other = sim.token_phases.get(tok)
+                hint = f" (it is the {other} token: an answer sent twice, or late?)" if other else ""
+                self._fatal("misbehaving-filter", f"token {tok:016x} is not the token of this session's {s.lka_phase} request{hint}", "lookup: misbehaving filter", raw, s.sid)
         else:
             if param is None:
                 self._fatal("missing-parameter", f"decision {kind!r} without a parameter", f"lookup: Missing parameter: {text}", raw, s.sid)
@@ -1568,6 +1576,7 @@ class Simulator:
         on_finding: Callable[[Finding], None] | None = None,
         on_note: Callable[[str], None] | None = None,
         handshake: Sequence[bytes] | None = None,
+        record: bool = False,
     ) -> None:
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}; one of {', '.join(DIALECTS)}")
@@ -1608,6 +1617,9 @@ class Simulator:
             self._tokens[phase] = f"{value:016x}"
             self.token_phases[value] = phase
         self.rewrite_version: str | None = None  # for replays: convert lines to this dialect
+        #: With ``record``: every line both ways, ``(">", line)`` to the filter,
+        #: ``("<", line)`` from it.
+        self.wire_log: list[tuple[str, bytes]] | None = [] if record else None
 
     # -- identifiers, time ------------------------------------------------------
 
@@ -1680,6 +1692,8 @@ class Simulator:
 
     def flush(self) -> None:
         if self._outbox:
+            if self.wire_log is not None:
+                self.wire_log.extend((">", line) for line in self._outbox)
             data = b"\n".join(self._outbox) + b"\n"
             self._outbox = []
             self.transport.send(data)
@@ -1757,6 +1771,8 @@ class Simulator:
             except FilterGone as gone:
                 self._gone(gone)
             for line in out:
+                if self.wire_log is not None:
+                    self.wire_log.append(("<", line))
                 if not self.lka.ready:
                     self.registration.append(line)
                 try:
@@ -1903,6 +1919,8 @@ class Simulator:
         if lines:
             self._last_output = time.monotonic()
             for line in lines:
+                if self.wire_log is not None:
+                    self.wire_log.append(("<", line))
                 self.lka.output(line)
             return
         now = time.monotonic()

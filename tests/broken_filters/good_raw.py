@@ -1,0 +1,4 @@
+"""Control: a correct raw filter (proceeds, echoes data lines). Must pass."""
+from rawfilter import Raw
+
+Raw().run()
