@@ -439,7 +439,7 @@ def _same(text: str, ip: IP) -> bool:
 
 def build(opts: Options, resolver: Resolver | None = None) -> Filter:
     f = Filter("rdns", on_error="fail-open", deadline=2 * opts.timeout + 2.0)
-    rd = RDNS(opts, f.log, resolver)
+    rd = RDNS(opts, lambda *a: f.log(*a), resolver)  # f.log may be swapped (harnesses)
     f.rdns = rd  # type: ignore[attr-defined]  (for tests)
     dry = " (dry run)" if opts.dryRun else ""
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from smtpd_filter_sdk import Filter, disconnect, junk
+from smtpd_filter_sdk.filter import REQUEST_PHASES
 from smtpd_filter_sdk.dns import Resolver, VerdictCache, dnsbl_name, parse_nameserver
 from smtpd_filter_sdk.goflags import GoFlags, Options
 from smtpd_filter_sdk.netaddr import CIDRList, ListFile, ListFileError, client_ip
@@ -58,11 +59,9 @@ from smtpd_filter_sdk.netaddr import CIDRList, ListFile, ListFileError, client_i
 PROG = "py-filter-senderscore"
 ZONE = "score.senderscore.com"
 BLOCK_PHASES = ("connect", "helo", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "quit")
-#: every phase whose answer -slowFactor delays (all but data-line)
-DELAYED_PHASES = (
-    "connect", "helo", "ehlo", "starttls", "auth", "mail-from", "rcpt-to",
-    "data", "rset", "quit", "noop", "help", "wiz", "commit",
-)
+#: every phase whose answer -slowFactor delays: all the SDK can be asked
+#: about but data-line (smtpd never asks filters about HELP/WIZ)
+DELAYED_PHASES = REQUEST_PHASES
 BLOCK_TEXT = "your IP reputation is too low for this MX"
 HEADER = "X-SenderScore"
 SCORE_NET = ipaddress.ip_network("127.0.4.0/24")
@@ -290,7 +289,7 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
     """The filter for parsed flags (``resolver`` for tests)."""
     max_delay = max(0, opts.slowFactor) / 1000.0
     f = Filter("senderscore", on_error="fail-open", deadline=opts.timeout + max_delay + 2.0)
-    ss = SenderScore(opts, f.log, resolver)
+    ss = SenderScore(opts, lambda *a: f.log(*a), resolver)  # f.log may be swapped (harnesses)
     f.senderscore = ss  # type: ignore[attr-defined]  (for tests)
     dry = " (dry run)" if opts.dryRun else ""
 
