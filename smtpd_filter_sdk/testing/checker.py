@@ -230,33 +230,33 @@ def _check_dialect(
         if not res.registration:
             res.registration = list(h.registration)
 
-    h = launch()
-    if h.dead is not None:
-        say("(the filter never got past registration: nothing else can be checked)", 0)
-        finish(h)
-        res.seconds = time.monotonic() - started
-        return res
-
     jobs: list[tuple[str, Callable[[SubprocessHarness], int]]] = []
     for sc in scenarios:
         jobs.append((f"scenario {sc.name}: {sc.description}", lambda hh, sc=sc: len(hh.run(*sc.sessions))))
     if fuzz:
         jobs.append((f"fuzz: {fuzz} generated streams (seed {seed})", lambda hh: _fuzz(hh, fuzz, seed, dialect)))
 
-    for title, job in jobs:
+    if jobs or not replays:
+        # One filter process for all jobs; after a FATAL (or a jam) a new one,
+        # as an admin restarting smtpd would, and on with the next job.
+        h = launch()
         if h.dead is not None:
-            if res.restarts >= max_restarts:
-                say(f"(stopping: the filter was restarted {res.restarts} times)", 0)
-                break
-            say("-- smtpd would have gone down here; restarting the filter to go on --", 0)
-            finish(h)
-            res.restarts += 1
-            h = launch()
+            say("(the filter never got past registration: nothing else can be checked)", 0)
+            jobs = []
+        for title, job in jobs:
             if h.dead is not None:
-                break
-        say(f"\n-- {title}", 1)
-        res.sessions += job(h)
-    finish(h)
+                if res.restarts >= max_restarts:
+                    say(f"(stopping: the filter was restarted {res.restarts} times)", 0)
+                    break
+                say("-- smtpd would have gone down here; restarting the filter to go on --", 0)
+                finish(h)
+                res.restarts += 1
+                h = launch()
+                if h.dead is not None:
+                    break
+            say(f"\n-- {title}", 1)
+            res.sessions += job(h)
+        finish(h)
 
     for path in replays:
         config, body, recorded = load_capture(path)
