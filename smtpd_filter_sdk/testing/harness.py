@@ -497,7 +497,7 @@ class HarnessSession:
         abort_after: int | None = None,
     ) -> MessageResult:
         """MAIL FROM, RCPT TO for each of ``to``, DATA (EHLO first if the
-        client has not said hello yet).  Stops where smtpd would: a refused
+        client has not tried HELO/EHLO yet).  Stops where smtpd would: a refused
         MAIL, no accepted recipient, a refused DATA, a disconnect."""
         rcpts = (to,) if isinstance(to, str) else tuple(to)
         content = tuple(lines) if lines is not None else message_lines(from_, rcpts, body, headers)

@@ -572,6 +572,7 @@ class SimSession:
         self.current: Step | None = None  # collects the filter's lines
         # engine side
         self.identified = False
+        self.helo_tried = False
         self.helo: str | None = None
         self.helo_method: str | None = None
         self.tls: str | None = None
@@ -772,6 +773,7 @@ class SimSession:
             return self._unfiltered(command, "503 5.5.1 Invalid command: Polite people say hello first")
         if self.identified:
             return self._unfiltered(command, "503 5.5.1 Invalid command: Already identified")
+        self.helo_tried = True
         if not valid_helo(action.name):
             return self._unfiltered(command, f"501 5.5.4 Syntax: {method} hostname")
         step = Step(command)
@@ -1100,7 +1102,7 @@ class SimSession:
         self.sim.emit(self.sim.wire.request(self.sim.ts(), "data-line", self.sid, self.sim.token("data-line"), payload))
 
     def _do_message(self, action: Message) -> Generator[_Wait, Any, MessageResult]:
-        if not self.closed and not self.identified and not self.banner_rejected:
+        if not self.closed and not self.helo_tried and not self.banner_rejected:
             yield from self.perform(Ehlo("client.example.org"))
         mail = yield from self.perform(Mail(action.mail_from, action.mail_params))
         result = MessageResult(mail=mail)
