@@ -201,6 +201,9 @@ class Filter:
     def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
         reports = {("smtp-in", event) for event in TRACKED_EVENTS}
         reports.update(self.report_handlers)
+        if any(sub == "smtp-out" for sub, _ in reports):
+            # smtp-out reports create sessions too: free them at link-disconnect
+            reports.add(("smtp-out", "link-disconnect"))
         phases = set(self.phase_handlers)
         if self.handles_data:
             phases.update(("data-line", "commit"))
