@@ -1,0 +1,123 @@
+"""Shared pytest configuration.
+
+Hypothesis profiles (select with ``--hypothesis-profile NAME``):
+
+* ``dev`` (default): quick, for every local run.
+* ``ci`` (default when the ``CI`` environment variable is set; replaces
+  hypothesis' own ``ci`` profile): derandomized, no deadline, no example
+  database, and enough examples that one run feeds at least
+  ``CI_MIN_PROTOCOL_LINES`` generated protocol lines through the runtime.
+  The count is printed at the end of the run and the run fails below the
+  floor (only for full runs of the property modules; set
+  ``SMTPD_FILTERS_MIN_LINES=0`` to switch the check off).
+* ``fuzz``: long runs (nightly, or by hand before a release).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Streams carry 64 KiB lines and handlers that run into their deadline on
+# purpose: size and speed health checks do not apply.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+             HealthCheck.filter_too_much]
+
+settings.register_profile("dev", max_examples=20, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile(
+    "ci",
+    settings.get_profile("ci"),
+    max_examples=160,
+    stateful_step_count=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_SUPPRESS,
+)
+settings.register_profile("fuzz", max_examples=5000, stateful_step_count=200, deadline=None,
+                          suppress_health_check=_SUPPRESS)
+
+CI_MIN_PROTOCOL_LINES = 100_000
+#: test modules that count the protocol lines they feed
+_LINE_COUNTING = ("test_properties.py", "test_stateful.py")
+
+
+def _wanted_profile(config: pytest.Config) -> str:
+    chosen = config.getoption("--hypothesis-profile", default=None)
+    if chosen:
+        return chosen
+    from hypothesis._settings import is_in_ci
+
+    return "ci" if (os.environ.get("CI") or is_in_ci()) else "dev"
+
+
+# Loaded at import too, so modules imported before pytest_configure see it.
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # hypothesis loads its own "ci" profile when CI is set; ours wins, and an
+    # explicit --hypothesis-profile wins over both.
+    settings.load_profile(_wanted_profile(config))
+    config._smtpd_line_tests = {"collected": 0, "deselected": 0}  # type: ignore[attr-defined]
+
+
+def _counts_lines(item: pytest.Item) -> bool:
+    return os.path.basename(str(item.fspath)) in _LINE_COUNTING
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if not items:
+        return
+    counts = items[0].config._smtpd_line_tests  # type: ignore[attr-defined]
+    counts["deselected"] += sum(1 for item in items if _counts_lines(item))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    counts = session.config._smtpd_line_tests  # type: ignore[attr-defined]
+    counts["collected"] = sum(1 for item in session.items if _counts_lines(item))
+
+
+def _lines_fed() -> int:
+    oracle = sys.modules.get("smtpd_oracle")
+    return oracle.LINES_FED[0] if oracle is not None else 0
+
+
+def _floor_applies(config: pytest.Config) -> bool:
+    counts = config._smtpd_line_tests  # type: ignore[attr-defined]
+    return (
+        settings.get_current_profile_name() == "ci"
+        and os.environ.get("SMTPD_FILTERS_MIN_LINES", "1") != "0"
+        and counts["collected"] > 0
+        and counts["deselected"] == 0
+        and not any("::" in str(arg) for arg in config.args)
+        and not config.getoption("keyword", default="")
+        and not config.getoption("markexpr", default="")
+        and not config.getoption("exitfirst", default=False)
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _floor_applies(session.config) and _lines_fed() < CI_MIN_PROTOCOL_LINES and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    fed = _lines_fed()
+    if not fed and not config._smtpd_line_tests["collected"]:  # type: ignore[attr-defined]
+        return
+    profile = settings.get_current_profile_name()
+    terminalreporter.section("protocol lines", sep="-")
+    terminalreporter.write_line(f"hypothesis profile {profile!r}: {fed:,} generated protocol lines "
+                                f"fed through the runtime")
+    if _floor_applies(config):
+        if fed < CI_MIN_PROTOCOL_LINES:
+            terminalreporter.write_line(
+                f"FAILED: the ci profile must feed at least {CI_MIN_PROTOCOL_LINES:,} lines", red=True)
+        else:
+            terminalreporter.write_line(f"ci floor of {CI_MIN_PROTOCOL_LINES:,} lines: ok", green=True)

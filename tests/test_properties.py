@@ -1,0 +1,611 @@
+"""Property tests: generated smtpd streams (every protocol version and
+dialect) through the SDK's Engine, with a variety of filters.
+
+Invariants (checked by ``smtpd_oracle.Oracle``, independent of the SDK's
+own protocol module, plus ``protocol.is_fatal_output`` as a second opinion):
+the runtime never raises and logs no internal error; every request gets
+exactly one answer, ids in the order of the request's version; each
+message's data-line output is a dot-stuffed stream ending in exactly one
+``.`` (only after the input ``.``, nothing after it); nothing smtpd treats
+as fatal is written; no session state outlives its session; the
+registration block is valid.  For filters whose output can be predicted, the
+message content is checked too, and a message that cannot be passed through
+(a line over smtpd's limit) is refused at commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+from hypothesis import example, given, note
+from hypothesis import strategies as st
+
+from smtpd_filter_sdk import Filter, disconnect, junk, proceed, reject, report, rewrite
+from smtpd_filter_sdk.filter import REQUEST_PHASES
+from smtpd_filter_sdk.message import Headers, Message, fold, stuff, unstuff
+from smtpd_filter_sdk.protocol import REPORT_EVENTS, decode_field
+from smtpd_filter_sdk.responses import Decision
+from smtpd_filter_sdk.testing import strategies as sst
+from smtpd_filter_sdk.testing.wire import DIALECTS
+
+from smtpd_oracle import Driver, version_tuple
+
+ROOM = 65535 - len(b"filter-dataline|||") - 32  # longest payload that can be echoed (16-hex ids)
+LEGACY_ROOM = 2047 - len(b"filter-dataline|||") - 32  # what smtpd <= 7.3 keeps of it
+
+# --------------------------------------------------------------------------
+# Filters built from drawn specs
+
+
+@dataclass(frozen=True, slots=True)
+class Evil(Decision):
+    """A decision subclass whose wire form is broken (its kind is honest)."""
+
+    k: str
+    w: bytes
+
+    @property
+    def kind(self) -> str:
+        return self.k
+
+    @property
+    def wire(self) -> bytes:
+        return self.w
+
+
+EVIL = [
+    ("proceed", b"proceed|"), ("proceed", b"proceed\r"), ("junk", b"junk|x"), ("reject", b"reject|250 ok"),
+    ("reject", b"reject|55 x"), ("reject", b"reject|550-multi"), ("disconnect", b"disconnect"),
+    ("bogus", b"bogus"), ("proceed", b"proceed\nfilter-result|a|b|proceed"), ("rewrite", b"rewrite"),
+    ("rewrite", b"rewrite|" + b"r" * 70000), ("proceed", b""), ("report", b"report"),
+]
+GARBAGE = ["proceed", 42, b"junk", [None], (proceed(),), object(), True, 3.5, {"decision": "proceed"}]
+
+_text = st.one_of(st.text(max_size=24), st.sampled_from(["5.7.1 go away", "a|b", "\u00e9t\u00e9", "x" * 600]))
+_decision = st.one_of(
+    st.sampled_from([("proceed",), ("junk",), ("none",), ("echo",)]),
+    st.tuples(st.sampled_from(["reject", "disconnect"]), st.integers(400, 599), _text),
+    st.tuples(st.just("bad-code"), st.integers(0, 999), _text),
+    st.tuples(st.just("rewrite"), st.one_of(_text, st.just("<a|b@c>"))),
+    st.tuples(st.just("report"), _text),
+)
+_how = st.sampled_from(["sync"] * 6 + ["async"] * 4 + ["raise", "araise", "garbage", "agarbage", "evil", "hang"])
+
+
+@st.composite
+def behaviours(draw: Any) -> tuple[Any, ...]:
+    how = draw(_how)
+    if how in ("sync", "async"):
+        return (how, draw(_decision))
+    if how in ("garbage", "agarbage"):
+        return (how, draw(st.integers(0, len(GARBAGE) - 1)))
+    if how == "evil":
+        return (how, draw(st.integers(0, len(EVIL) - 1)))
+    return (how,)
+
+
+LINE_KINDS = ["identity", "same", "upper", "double", "drop-x", "dotify", "grow", "huge", "split-crlf",
+              "garbage", "raise-on-dot", "list-garbage"]
+#: kinds whose output the test predicts exactly (see expected_lines)
+PURE_LINE_KINDS = {"identity", "same", "upper", "double", "drop-x", "dotify", "grow", "huge", "split-crlf"}
+BLOCK_KINDS = ["add", "noop", "remove-received", "body-dots", "reject", "junk", "rewrite", "raise",
+               "async-add", "async-hang", "garbage", "huge-line", "add-long"]
+PURE_BLOCK_KINDS = {"add", "noop", "body-dots", "reject", "junk", "rewrite", "raise", "async-add",
+                    "async-hang", "garbage"}
+
+
+@dataclass
+class Spec:
+    on_error: str
+    legacy: str
+    phases: dict[str, list[tuple[Any, ...]]]
+    reports: dict[tuple[str, str], tuple[str, ...]]
+    data: tuple[str, str] | None  # ("line"|"headers"|"message", kind)
+    record: bool = False
+    seen: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def short(self) -> str:
+        return (f"Spec(on_error={self.on_error}, legacy={self.legacy}, data={self.data}, "
+                f"phases={self.phases}, reports={sorted(self.reports.items())})")
+
+
+@st.composite
+def specs(draw: Any, data_kinds: bool = True, reports: bool = True) -> Spec:
+    phases = draw(st.lists(st.sampled_from(REQUEST_PHASES), unique=True, max_size=len(REQUEST_PHASES)))
+    behaviour_map = {ph: draw(st.lists(behaviours(), min_size=1, max_size=2)) for ph in phases}
+    report_map: dict[tuple[str, str], tuple[str, ...]] = {}
+    if reports:
+        for event in draw(st.lists(st.sampled_from(REPORT_EVENTS), unique=True, max_size=4)):
+            sub = draw(st.sampled_from(["smtp-in", "smtp-in", "smtp-out"]))
+            report_map[(sub, event)] = (draw(st.sampled_from(["sync", "async", "raise", "araise", "ahang"])),)
+    data = None
+    if data_kinds:
+        family = draw(st.sampled_from([None, "line", "line", "headers", "message"]))
+        if family == "line":
+            data = ("line", draw(st.sampled_from(LINE_KINDS)))
+        elif family is not None:
+            data = (family, draw(st.sampled_from(BLOCK_KINDS)))
+    return Spec(
+        on_error=draw(st.sampled_from(["fail-open", "fail-closed"])),
+        legacy=draw(st.sampled_from(["warn", "reject"])),
+        phases=behaviour_map,
+        reports=report_map,
+        data=data,
+    )
+
+
+def _decide(spec: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+    kind = spec[0]
+    if kind == "proceed":
+        return proceed()
+    if kind == "junk":
+        return junk()
+    if kind == "none":
+        return None
+    if kind == "echo":  # rewrite with what smtpd sent (addresses with |, 8-bit, ...)
+        value = args[-1] if args and isinstance(args[-1], str) else "x"
+        return rewrite(f"<{value}>")
+    if kind == "reject":
+        return reject(spec[1], spec[2])
+    if kind == "disconnect":
+        return disconnect(spec[1], spec[2])
+    if kind == "bad-code":
+        return reject(spec[1], spec[2])  # raises DecisionError for codes outside 400-599
+    if kind == "rewrite":
+        return rewrite(spec[1])
+    if kind == "report":
+        return report(spec[1])
+    raise AssertionError(kind)
+
+
+def phase_handler(b: tuple[Any, ...]) -> Callable[..., Any]:
+    how = b[0]
+    if how == "sync":
+        return lambda session, *args: _decide(b[1], args)
+    if how == "async":
+        async def decide(session: Any, *args: Any) -> Any:
+            await asyncio.sleep(0)
+            return _decide(b[1], args)
+        return decide
+    if how == "raise":
+        def boom(session: Any, *args: Any) -> Any:
+            raise ValueError("handler bug")
+        return boom
+    if how == "araise":
+        async def aboom(session: Any, *args: Any) -> Any:
+            await asyncio.sleep(0)
+            raise KeyError("async handler bug")
+        return aboom
+    if how == "garbage":
+        return lambda session, *args: GARBAGE[b[1]]
+    if how == "agarbage":
+        async def agarbage(session: Any, *args: Any) -> Any:
+            return GARBAGE[b[1]]
+        return agarbage
+    if how == "evil":
+        return lambda session, *args: Evil(*EVIL[b[1]])
+    if how == "hang":
+        async def hang(session: Any, *args: Any) -> Any:
+            await asyncio.sleep(30)
+        return hang
+    raise AssertionError(how)
+
+
+def report_handler(kind: str, seen: list[tuple[Any, ...]] | None) -> Callable[..., Any]:
+    if kind == "sync":
+        def ok(session: Any, rep: Any) -> None:
+            if seen is not None:
+                seen.append((rep.subsystem, rep.event, rep.session, rep.params))
+        return ok
+    if kind == "async":
+        async def aok(session: Any, rep: Any) -> None:
+            await asyncio.sleep(0)
+        return aok
+    if kind == "raise":
+        def boom(session: Any, rep: Any) -> None:
+            raise RuntimeError("report handler bug")
+        return boom
+    if kind == "araise":
+        async def aboom(session: Any, rep: Any) -> None:
+            raise RuntimeError("async report handler bug")
+        return aboom
+
+    async def ahang(session: Any, rep: Any) -> None:
+        await asyncio.sleep(30)
+    return ahang
+
+
+def line_handler(kind: str) -> Callable[[Any, bytes], Any]:
+    def handle(session: Any, line: bytes) -> Any:
+        if kind == "identity":
+            return None
+        if kind == "same":
+            return line
+        if kind == "upper":
+            return line.upper()
+        if kind == "double":
+            return [line, line]
+        if kind == "drop-x":
+            return [] if b"x" in line else None
+        if kind == "dotify":
+            return b"." + line
+        if kind == "grow":
+            return line * 2
+        if kind == "huge":
+            return b"y" * 70000 if b"y" in line else None
+        if kind == "split-crlf":
+            return line + b"\r\nX"
+        if kind == "garbage":
+            return "not bytes" if b"e" in line else None
+        if kind == "raise-on-dot":
+            if line.startswith(b"."):
+                raise ValueError("dot")
+            return None
+        if kind == "list-garbage":
+            return [line, "x"]
+        raise AssertionError(kind)
+    return handle
+
+
+def _split_lines(line: bytes) -> list[bytes]:
+    return line.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+
+
+def expected_lines(spec: Spec, content: list[bytes]) -> list[bytes] | None:
+    """The unstuffed lines the filter should write for a message (before
+    over-long lines are dropped), or None when the test does not predict it."""
+    if spec.data is None:
+        return list(content)
+    family, kind = spec.data
+    if family == "line":
+        if kind not in PURE_LINE_KINDS:
+            return None
+        out: list[bytes] = []
+        for line in content:
+            result = line_handler(kind)(None, line)
+            pieces = [line] if result is None else [result] if isinstance(result, bytes) else list(result)
+            for piece in pieces:
+                out.extend(_split_lines(piece) if (b"\r" in piece or b"\n" in piece) and result is not None
+                           else [piece])
+        return out
+    if kind not in PURE_BLOCK_KINDS:
+        return None
+    if kind in ("add", "async-add"):
+        return fold("X-Prop", "checked") + list(content)
+    if kind == "body-dots":
+        return list(content) + [b".", b".."] if family == "message" else None
+    return list(content)
+
+
+def block_handler(family: str, kind: str) -> Callable[..., Any]:
+    def edit(session: Any, target: Any) -> Any:
+        headers: Headers = target.headers if isinstance(target, Message) else target
+        if kind == "add":
+            headers.add("X-Prop", "checked")
+        elif kind == "add-long":
+            headers.add("X-Long", "w" * 70000)
+        elif kind == "remove-received":
+            headers.remove("Received")
+        elif kind == "body-dots":
+            if isinstance(target, Message):
+                target.body.extend([b".", b".."])
+        elif kind == "reject":
+            return reject(554, "5.7.1 no thanks")
+        elif kind == "junk":
+            return junk()  # refused at commit: fatal for smtpd
+        elif kind == "rewrite":
+            return rewrite("nope")
+        elif kind == "raise":
+            raise ValueError("block handler bug")
+        elif kind == "garbage":
+            return "reject"
+        elif kind == "huge-line":
+            if isinstance(target, Message):
+                target.body.append(b"z" * 70000)
+            else:
+                headers.add("X-Huge", "z" * 70000)
+        return None
+
+    if kind in ("async-add", "async-hang"):
+        async def aedit(session: Any, target: Any) -> Any:
+            if kind == "async-hang":
+                await asyncio.sleep(30)
+            await asyncio.sleep(0)
+            headers = target.headers if isinstance(target, Message) else target
+            headers.add("X-Prop", "checked")
+        return aedit
+    return edit
+
+
+def build(spec: Spec) -> Filter:
+    f = Filter("prop", on_error=spec.on_error, deadline=0.05, legacy_long_lines=spec.legacy)
+    for phase, bs in spec.phases.items():
+        for b in bs:
+            f.on(phase)(phase_handler(b))
+    for (sub, event), (kind,) in spec.reports.items():
+        f.on_report(event, subsystem=sub)(report_handler(kind, spec.seen if spec.record else None))
+    if spec.data is not None:
+        family, kind = spec.data
+        if family == "line":
+            f.on_data_line(line_handler(kind))
+        elif family == "headers":
+            f.on_headers(block_handler(family, kind))
+        else:
+            f.on_message(block_handler(family, kind))
+    return f
+
+
+# --------------------------------------------------------------------------
+# Driving
+
+#: Chunk sizes cycled over the stream: everything at once, line-sized
+#: pieces, a few bytes at a time (with a large size in the cycle so that
+#: 64 KiB lines do not go byte by byte).
+chunkings = st.one_of(
+    st.just([1 << 22]),
+    st.lists(st.one_of(st.integers(1, 200), st.sampled_from([4096, 65536, 65537, 131072])),
+             min_size=1, max_size=6).map(lambda xs: xs + [65536]),
+)
+tickings = st.lists(st.booleans(), min_size=1, max_size=5)
+
+
+def run(spec: Spec, stream: sst.Stream, chunks: list[int], ticks: list[bool]) -> Driver:
+    from hypothesis.control import currently_in_test_context
+
+    if currently_in_test_context():
+        note(spec.short())
+    driver = Driver(build(spec), stream)
+    try:
+        driver.run(chunks, ticks)
+    finally:
+        driver.close()
+    return driver
+
+
+def check_messages(spec: Spec, stream: sst.Stream, driver: Driver) -> None:
+    """Content and commit verdicts of every message that was passed through."""
+    oracle = driver.oracle
+    legacy_dialect = (version_tuple(str(DIALECTS[stream.dialect]["version"])) or (0, 0)) < (0, 7)
+    buffered = spec.data is not None and spec.data[0] in ("headers", "message")
+    for msg in oracle.messages:
+        if not msg.output_ended:
+            continue
+        content = [unstuff(p) for p in msg.inputs]
+        want = expected_lines(spec, content)
+        input_too_long = any(len(p) > ROOM for p in msg.inputs)
+        if want is not None:
+            too_long = any(len(stuff(x)) > ROOM for x in want) or (buffered and input_too_long)
+            kept = [stuff(x) for x in want if len(stuff(x)) <= ROOM]
+            if not too_long:
+                assert msg.outputs == kept, f"message of {msg.sid} changed unexpectedly"
+            legacy_cut = legacy_dialect and any(len(x) > LEGACY_ROOM for x in kept)
+        else:
+            too_long = input_too_long and (buffered or spec.data is None)
+            legacy_cut = False
+        answers = msg.commit.answers if msg.commit is not None else []
+        if msg.commit is None or not answers:
+            continue
+        answer = answers[0].split(b"|", 3)[3]
+        if too_long:
+            assert answer.startswith(b"reject|552 "), f"a line too long to pass was not refused: {answer!r}"
+        elif legacy_cut and spec.legacy == "reject":
+            assert answer.startswith(b"reject|552 "), f"legacy_long_lines='reject' not honoured: {answer!r}"
+        elif spec.data is not None and spec.data[1] == "reject" and spec.data[0] != "line":
+            assert answer == b"reject|554 5.7.1 no thanks", answer
+
+
+# --------------------------------------------------------------------------
+# Properties
+
+
+@given(spec=specs(), data=st.data(), chunks=chunkings, ticks=tickings)
+def test_valid_streams_any_filter(spec: Spec, data: st.DataObject, chunks: list[int], ticks: list[bool]) -> None:
+    stream = data.draw(sst.streams(registered=build(spec)), label="stream")
+    driver = run(spec, stream, chunks, ticks)
+    driver.oracle.check()
+    check_messages(spec, stream, driver)
+
+
+@given(spec=specs(reports=False), data=st.data())
+def test_valid_streams_every_dialect_whole_chunks(spec: Spec, data: st.DataObject) -> None:
+    """Each dialect gets its share, fed the way the real loop reads (64 KiB)."""
+    for dialect in DIALECTS:
+        stream = data.draw(sst.streams(dialect=dialect, registered=build(spec), sessions=st.integers(1, 2),
+                                       long_lines=False, max_commands=4), label=dialect)
+        driver = run(spec, stream, [65536], [True])
+        driver.oracle.check()
+        check_messages(spec, stream, driver)
+
+
+@given(spec=specs(), data=st.data(), chunks=chunkings, ticks=tickings)
+def test_corrupted_streams(spec: Spec, data: st.DataObject, chunks: list[int], ticks: list[bool]) -> None:
+    """Never raises, never writes what smtpd dies on, answers every intact
+    request, frees every session whose lines were intact."""
+    stream = data.draw(sst.corrupted_streams(registered=build(spec)), label="stream")
+    driver = run(spec, stream, chunks, ticks)
+    driver.oracle.check()
+
+
+_EXPECTED_PARAMS: dict[str, Callable[[Any], tuple[str, ...]]] = {
+    "link-connect": lambda r: (r.rdns, r.fcrdns, r.src.raw, r.dest.raw),
+    "link-greeting": lambda r: (r.hostname,),
+    "link-identify": lambda r: (r.method, r.identity),
+    "link-tls": lambda r: (r.tls,),
+    "link-auth": lambda r: (r.username, r.result),
+    "link-disconnect": lambda r: (),
+    "tx-reset": lambda r: (r.msgid,),
+    "tx-begin": lambda r: (r.msgid,),
+    "tx-mail": lambda r: (r.msgid, r.result, r.address),
+    "tx-rcpt": lambda r: (r.msgid, r.result, r.address),
+    "tx-envelope": lambda r: (r.msgid, r.evpid),
+    "tx-data": lambda r: (r.msgid, r.result),
+    "tx-commit": lambda r: (r.msgid, str(r.size)),
+    "tx-rollback": lambda r: (r.msgid,),
+    "protocol-client": lambda r: (r.command,),
+    "protocol-server": lambda r: (r.response,),
+    "filter-report": lambda r: (r.kind, r.name, r.message),
+    "filter-response": lambda r: (r.phase, r.response) + ((r.param,) if r.param is not None else ()),
+    "timeout": lambda r: (),
+}
+
+
+@given(data=st.data())
+def test_reports_and_requests_parse_as_sent(data: st.DataObject) -> None:
+    """Every field reaches the handlers as smtpd meant it, in every version:
+    ``|`` in addresses, user names and rdns, 8-bit bytes, v6 and unix
+    addresses, the tx-mail/tx-rcpt swap at 0.6, the link-auth swap at 0.7."""
+    spec = Spec("fail-open", "warn", {}, {("smtp-in", e): ("sync",) for e in REPORT_EVENTS}, None, record=True)
+    spec.reports.update({("smtp-out", e): ("sync",) for e in REPORT_EVENTS})
+    filt = build(spec)
+    requests: list[tuple[str, str, tuple[Any, ...]]] = []
+    for phase in REQUEST_PHASES:
+        filt.on(phase)(lambda session, *args, _ph=phase: requests.append((session.id, _ph, args)))
+    stream = data.draw(sst.streams(registered=filt, long_lines=False), label="stream")
+    note(spec.short())
+    driver = Driver(filt, stream)
+    driver.run()
+    driver.close()
+    driver.oracle.check()
+    sent = [ln for ln in stream.lines if ln.kind == "report"]
+    assert len(spec.seen) == len(sent)
+    for line, (sub, event, sid, params) in zip(sent, spec.seen):
+        assert (sub, event, sid) == (line.subsystem, line.name, line.sid)
+        assert _EXPECTED_PARAMS[event](params) == tuple(decode_field(f) for f in line.fields), line
+    sent_requests = [ln for ln in stream.lines if ln.kind == "request"]
+    assert len(requests) == len(sent_requests)
+    for line, (sid, phase, args) in zip(sent_requests, requests):
+        assert (sid, phase) == (line.sid, line.name)
+        if phase == "connect":
+            assert (args[0], str(args[1])) == tuple(decode_field(f) for f in line.fields)
+        else:
+            assert args == tuple(decode_field(f) for f in line.fields)
+
+
+@given(spec=specs(reports=False), data=st.data(), chunks=chunkings)
+def test_chunking_does_not_change_output(spec: Spec, data: st.DataObject, chunks: list[int]) -> None:
+    """Where a read ends never changes what a synchronous filter writes."""
+    spec.phases = {ph: [b for b in bs if b[0] in ("sync", "raise", "garbage", "evil")] or [("sync", ("none",))]
+                   for ph, bs in spec.phases.items()}
+    if spec.data is not None and spec.data[1] in ("async-add", "async-hang"):
+        spec.data = (spec.data[0], "add")
+    stream = data.draw(sst.streams(registered=build(spec)), label="stream")
+    outputs = []
+    for chunking in ([1 << 22], chunks):
+        driver = Driver(build(spec), stream)
+        driver.run(chunking, [False])
+        driver.close()
+        driver.oracle.check()
+        outputs.append(driver.oracle.outputs)
+    assert outputs[0] == outputs[1]
+
+
+def test_strategies_cover_the_protocol() -> None:
+    """The generator reaches every report event, every phase, every dialect,
+    long lines and every ending (a sanity check on the strategies)."""
+    from hypothesis import HealthCheck, settings
+
+    seen_events: set[str] = set()
+    seen_phases: set[str] = set()
+    seen_dialects: set[str] = set()
+    flags: set[str] = set()
+
+    @settings(max_examples=150, database=None, derandomize=True, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(sst.streams())
+    def collect(stream: sst.Stream) -> None:
+        seen_dialects.add(stream.dialect)
+        for line in stream.lines:
+            if line.kind == "report":
+                seen_events.add(f"{line.subsystem}/{line.name}")
+            elif line.kind in ("request", "data-line"):
+                seen_phases.add(line.name or "")
+            if len(line.raw) > 65400:
+                flags.add("long")
+            if line.kind == "data-line" and (line.payload or b"").startswith(b".."):
+                flags.add("dot-stuffed")
+            if b"|<unknown>|" in line.raw:
+                flags.add("unknown-rdns")
+            if b"|unix:" in line.raw:
+                flags.add("unix")
+            if b"|[" in line.raw and b"]:" in line.raw:
+                flags.add("v6")
+        for msg in stream.messages():
+            if msg.aborted is not None:
+                flags.add("mid-data-disconnect")
+
+    collect()
+    assert {f"smtp-in/{e}" for e in REPORT_EVENTS} <= seen_events
+    assert {"smtp-out/link-connect", "smtp-out/tx-mail", "smtp-out/link-disconnect"} <= seen_events
+    assert set(sst.ALL_PHASES) <= seen_phases
+    assert seen_dialects == set(DIALECTS)
+    assert {"long", "dot-stuffed", "unknown-rdns", "unix", "v6", "mid-data-disconnect"} <= flags
+
+
+# --------------------------------------------------------------------------
+# Regressions found by the properties above (kept as plain tests)
+
+
+def manual_stream(dialect: str, body: list[bytes], filt: Filter, smtp_out: bool = False) -> sst.Stream:
+    """A Stream from raw lines (metadata read back from them), for regressions."""
+    from smtpd_filter_sdk.testing.wire import Wire
+
+    wire = Wire(dialect, smtp_out=smtp_out)
+    lines = [sst.Line(raw, "config", name=raw.split(b"|")[1].decode(), waits=False) for raw in wire.handshake()]
+    for raw in body:
+        f = raw.split(b"|", 7)
+        if f[0] == b"filter":
+            kind = "data-line" if f[4] == b"data-line" else "request"
+            lines.append(sst.Line(raw, kind, f[5].decode(), f[4].decode(), f[6].decode(), f[1].decode()))
+        else:
+            event = f[4].decode()
+            lines.append(sst.Line(raw, "report", f[5].decode(), event, None, f[1].decode(), f[3].decode(),
+                                  closes=event == "link-disconnect"))
+    phases, events = sst.registration_of(filt)
+    return sst.Stream(dialect, tuple(lines), phases, events, smtp_out)
+
+
+def _one_message(dialect: str, payloads: list[bytes]) -> list[bytes]:
+    from smtpd_filter_sdk.testing.wire import Wire
+
+    w, sid, tok = Wire(dialect), "5ce32dca181261f4", "f7e89b0172a2d4e4"
+    return ([w.request("1.0", "data-line", sid, tok, p) for p in payloads + [b"."]]
+            + [w.request("1.1", "commit", sid, "f7e89b073b35a6a2"), w.report("1.2", "link-disconnect", sid)])
+
+
+@pytest.mark.parametrize("dialect", list(DIALECTS))
+@pytest.mark.parametrize("payload", [b"\r", b"a\rb", b"trailing\r"])
+@pytest.mark.parametrize("data", [("line", "identity"), ("headers", "noop"), ("message", "noop")])
+def test_regression_bare_cr_in_a_data_line_is_content(dialect: str, payload: bytes, data: tuple[str, str]) -> None:
+    """smtpd forwards a client's bare CR inside a data line (protocol.md
+    §5.4); echoing it is correct and not fatal.  protocol.is_fatal_output
+    used to call every CR fatal, so the runtime broke its own guarantee
+    (found by test_valid_streams_every_dialect_whole_chunks)."""
+    spec = Spec("fail-open", "warn", {}, {}, data)
+    stream = manual_stream(dialect, _one_message(dialect, [b"Subject: x", b"", payload]), build(spec))
+    driver = run(spec, stream, [1 << 20], [False])
+    driver.oracle.check()
+    assert driver.oracle.messages[0].outputs == [b"Subject: x", b"", payload]
+
+
+@pytest.mark.parametrize("dialect", ["0.5", "0.6", "0.7", "0.7/7.6"])
+def test_regression_smtp_out_sessions_are_freed(dialect: str) -> None:
+    """A filter that only watches smtp-out tx-mail used to keep a Session for
+    every relayed session forever: smtp-out reports create session state but
+    smtp-out link-disconnect was never registered (found by
+    test_valid_streams_any_filter)."""
+    from smtpd_filter_sdk.testing.wire import Wire
+
+    spec = Spec("fail-open", "warn", {}, {("smtp-out", "tx-mail"): ("sync",)}, None)
+    filt = build(spec)
+    w, sid = Wire(dialect, smtp_out=True), "6cab3a214dcaf6f3"
+    body = [w.tx_address("1.0", "tx-mail", sid, "2b90b963", "ok", "bob@example.org")]
+    body = [line.replace(b"|smtp-in|", b"|smtp-out|", 1) for line in body]
+    if ("smtp-out", "link-disconnect") in filt.registrations()[0]:  # smtpd sends only what was registered
+        body.append(w.report("1.1", "link-disconnect", sid, subsystem="smtp-out"))
+    stream = manual_stream(dialect, body, filt, smtp_out=True)
+    driver = run(spec, stream, [1 << 20], [False])
+    driver.oracle.check()
+    assert len(driver.engine.sessions) == 0
