@@ -683,6 +683,8 @@ def summarize(name: str, runs: list[dict]) -> dict:
               "cpu_sys_s", "cpu_window_s", "cpu_pct", "max_rss_MB", "vmhwm_MB",
               "driver_cpu_s"):
         s[k] = round(median_of(ok, k), 3)
+    lpc = [r["lines_per_cpu_s"] for r in ok if r.get("lines_per_cpu_s")]
+    s["lines_per_cpu_s"] = round(statistics.median(lpc)) if lpc else None
     s["lines_per_s_all"] = [r["lines_per_s"] for r in ok]
     s["max_rss_MB_max"] = max(r["max_rss_MB"] for r in ok)
     return s
@@ -692,9 +694,11 @@ def fmt_summary(s: dict) -> str:
     if "lines_per_s" not in s:
         return fmt_row(s)
     return ("%-20s median of %d: %9s lines/s %7.1f MB/s %8.1f sess/s  cpu %5.2f+%5.2f s"
-            "  rss %5.1f MB  %s  [lines/s: %s]" % (
+            "  %s lines/cpu-s  rss %5.1f MB  %s  [lines/s: %s]" % (
                 s["name"], s["runs"], "{:,}".format(round(s["lines_per_s"])), s["MB_per_s"],
-                s["sessions_per_s"], s["cpu_user_s"], s["cpu_sys_s"], s["max_rss_MB_max"],
+                s["sessions_per_s"], s["cpu_user_s"], s["cpu_sys_s"],
+                "{:,}".format(s["lines_per_cpu_s"]) if s["lines_per_cpu_s"] else "?",
+                s["max_rss_MB_max"],
                 "complete" if s["all_complete"] else "INCOMPLETE",
                 ", ".join("{:,}".format(v) for v in s["lines_per_s_all"])))
 
@@ -785,10 +789,14 @@ def mode_against(a, out: Output, spec_a: str, spec_b: str) -> dict:
         comp["ratio_sessions_per_s"] = round(sa["sessions_per_s"] / sb["sessions_per_s"], 3)
         comp["ratio_MB_per_s"] = round(sa["MB_per_s"] / sb["MB_per_s"], 3)
         comp["ratio_pairwise_median"] = round(statistics.median(pairs), 3) if pairs else None
+        if sa.get("lines_per_cpu_s") and sb.get("lines_per_cpu_s"):
+            comp["ratio_lines_per_cpu_s"] = round(sa["lines_per_cpu_s"] / sb["lines_per_cpu_s"], 3)
         print("ratio %s/%s: lines/s %.3f (median of pairwise %.3f), sessions/s %.3f, "
-              "MB/s %.3f%s" % (na, nb, comp["ratio_lines_per_s"],
-                               comp["ratio_pairwise_median"] or float("nan"),
-                               comp["ratio_sessions_per_s"], comp["ratio_MB_per_s"],
+              "MB/s %.3f, lines per filter CPU-second %.3f%s" % (
+                  na, nb, comp["ratio_lines_per_s"],
+                  comp["ratio_pairwise_median"] or float("nan"),
+                  comp["ratio_sessions_per_s"], comp["ratio_MB_per_s"],
+                  comp.get("ratio_lines_per_cpu_s") or float("nan"),
                                "" if sa["all_complete"] and sb["all_complete"]
                                else "  (WARNING: incomplete runs)"), flush=True)
     out.note({"comparison_summary": comp})
@@ -843,6 +851,16 @@ def sdk_available() -> str | None:
     return None if r.returncode == 0 else r.stderr.decode(errors="replace").strip()[-300:]
 
 
+def git_head() -> str:
+    try:
+        r = subprocess.run(["git", "-C", os.path.dirname(HERE), "log", "-1",
+                            "--format=%h %cd", "--date=format:%Y-%m-%d %H:%M"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() or "?"
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
 def mode_suite(a, out: Output) -> int:
     q = a.quick
     n100k = a.suite_sessions_100k or (200 if q else 1000)
@@ -850,9 +868,9 @@ def mode_suite(a, out: Output) -> int:
     rep = a.repeats if a.repeats_given else (3 if q else 5)
     mem = a.memory_sessions if a.memory_given else ("1e4,1e5" if q else "1e4,1e5,1e6")
     t_start = time.time()
-    print("# suite: %s, %s, python %s, %d CPUs" % (
+    print("# suite: %s, %s, python %s, %d CPUs, repo %s" % (
         time.strftime("%Y-%m-%d %H:%M:%S"), os.uname().nodename,
-        sys.version.split()[0], os.cpu_count()), flush=True)
+        sys.version.split()[0], os.cpu_count(), git_head()), flush=True)
     sdk_err = sdk_available()
     have_sdk = sdk_err is None
     if not have_sdk:
@@ -884,10 +902,11 @@ def mode_suite(a, out: Output) -> int:
                 with_(size=None, lines=20, sessions=500, repeats=1, version=v,
                       tls=True, auth=True, interleave=4), out, "@passthrough")
         results["memory_sdk"] = mode_memory(
-            with_(size=None, lines=5, messages=1, interleave=a.interleave,
+            with_(size=None, lines=5, messages=1, interleave=max(a.interleave, 8),
                   memory_sessions=mem, window=0), out, "@passthrough")
     results["memory_echo"] = mode_memory(
-        with_(size=None, lines=5, messages=1, memory_sessions="1e4,1e5", window=0),
+        with_(size=None, lines=5, messages=1, interleave=max(a.interleave, 8),
+              memory_sessions="1e4,1e5", window=0),
         out, "@echo")
     print("# suite done in %.0f s" % (time.time() - t_start), flush=True)
     print_targets(results)
