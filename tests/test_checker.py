@@ -26,7 +26,7 @@ BROKEN = ROOT / "tests" / "broken_filters"
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
 CAPTURES = ROOT / "tests" / "data"
 SCENARIOS = {s.name: s for s in builtin_scenarios(0)}
-FAST = dict(hang_timeout=0.4, exit_timeout=0.5, out=None, max_restarts=2)
+FAST = dict(hang_timeout=1.0, exit_timeout=2.0, out=None, max_restarts=2)
 
 
 def run(script: str, dialect: str = "0.6", scenarios=("plain",), **kw):
@@ -84,7 +84,9 @@ CASES = [
 
 @pytest.mark.parametrize(("script", "dialect", "severity", "rule", "text"), CASES, ids=[f"{c[0][:-3]}-{c[1]}" for c in CASES])
 def test_broken_filter_is_caught(script, dialect, severity, rule, text):
-    kw = {"quiet_time": 0.3} if script == "premature_dot.py" else {}
+    kw: dict = {"quiet_time": 0.3} if script == "premature_dot.py" else {}
+    if script in ("no_exit_on_eof.py", "stdout_closed.py"):
+        kw["exit_timeout"] = 0.5  # they never exit: don't wait long to kill them
     result = run(script, dialect, **kw)
     found = [f for f in result.findings if f.rule == rule]
     assert found, f"{rule} not reported; got {result.findings}"
@@ -219,7 +221,7 @@ def test_fuzz_with_hypothesis_strategies():
     result = check(f"{sys.executable} {BROKEN / 'good_raw.py'}", ["0.7"], builtin=False, fuzz=15, seed=3, **FAST)
     assert not result.failed, [f.format() for f in result.findings]
     assert result.results[0].sessions >= 15
-    bad = check(f"{sys.executable} {BROKEN / 'missing_dot.py'}", ["0.6"], builtin=False, fuzz=10, seed=3, **FAST)
+    bad = check(f"{sys.executable} {BROKEN / 'missing_dot.py'}", ["0.6"], builtin=False, fuzz=4, seed=3, **{**FAST, "hang_timeout": 0.3})
     assert "missing-final-dot" in bad.rules(HANG)
 
 
