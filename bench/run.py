@@ -367,12 +367,22 @@ def get_chunks(st: gen_stream.Stream, lazy: bool):
 # --------------------------------------------------------------------------
 # One run
 
+def needs_private_dns(cmd: str) -> bool:
+    """Filters known to query DNS for every session (filter-senderscore looks
+    up the client's score at link-connect)."""
+    return "senderscore" in cmd
+
+
 def run_once(a, name: str, cmd: str, sessions: int | None = None,
              checkpoints: tuple[int, ...] = (), lazy: bool = False) -> dict:
     env = filter_env(a)
     miss = missing_binary(cmd, env)
     if miss:
         return {"name": name, "cmd": cmd, "skipped": "not installed (%s)" % miss}
+    if needs_private_dns(cmd) and not in_netns() and a.isolate != "no":
+        # never let a benchmark send DNS queries to a non-loopback resolver
+        return {"name": name, "cmd": cmd, "skipped": "needs the private network namespace "
+                "with the fake DNS (root + unshare), or --isolate no"}
     d = gen_stream.dialect(a.version)
     fp = FilterProc(cmd, env, a.stderr_file)
     try:
@@ -766,11 +776,13 @@ def mode_against(a, out: Output, spec_a: str, spec_b: str) -> dict:
     env = filter_env(a)
     for nm, cmd in ((na, ca), (nb, cb)):
         miss = missing_binary(cmd, env)
-        if miss:
-            r = {"name": nm, "cmd": cmd, "skipped": "not installed (%s)" % miss}
-            print("%s vs %s: skipped: %s not installed (%s)" % (na, nb, nm, miss), flush=True)
-            out.note({"comparison": [na, nb], "skipped": r["skipped"]})
-            return {"skipped": r["skipped"]}
+        why = ("%s not installed (%s)" % (nm, miss) if miss else
+               "%s needs the private network namespace with the fake DNS" % nm
+               if needs_private_dns(cmd) and not in_netns() and a.isolate != "no" else None)
+        if why:
+            print("%s vs %s: skipped: %s" % (na, nb, why), flush=True)
+            out.note({"comparison": [na, nb], "skipped": why})
+            return {"skipped": why}
     ra, rb = [], []
     for i in range(a.repeats):
         order = [(na, ca, ra), (nb, cb, rb)]

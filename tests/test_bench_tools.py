@@ -252,7 +252,15 @@ def test_against_skips_missing_anchor(capsys):
     out = runner.Output(a)
     c = runner.mode_against(a, out, "@echo", "/nonexistent/filter-senderscore -x")
     assert "skipped" in c
-    assert "skipped: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "skipped: " in printed and "not installed" in printed
+
+
+def test_dns_querying_anchor_never_runs_outside_the_namespace(monkeypatch):
+    monkeypatch.delenv(runner.NETNS_MARK, raising=False)
+    a = bench_args(sessions=2, lines=2, isolate="auto")
+    r = runner.run_once(a, "ss", "%s -c pass # filter-senderscore" % sys.executable)
+    assert "private network namespace" in r["skipped"]
 
 
 def test_against_and_memory_modes_small(capsys):
