@@ -610,8 +610,8 @@ def parse_request(line: bytes) -> Request:
     phase = decode_field(parts[4])
     if phase not in FILTER_PHASES:
         raise ProtocolError(f"unknown filter phase {phase!r}")
-    if not parts[5] or not parts[6]:
-        raise ProtocolError("empty session id or token")
+    if not parts[5] or not parts[6] or b"\r" in parts[5] or b"\r" in parts[6]:
+        raise ProtocolError("empty session id or token, or a CR in one")
     return Request(
         decode_field(parts[1]),
         decode_field(parts[2]),
@@ -658,7 +658,12 @@ def is_fatal_output(line: bytes) -> str | None:
     if len(line) > MAX_OUTPUT_LINE:
         return "output line over 65,535 bytes jams smtpd"
     if line.startswith(b"filter-dataline|"):
-        # A CR in a data line is message content: smtpd forwards bare CRs
+        parts = line.split(b"|", 3)
+        if len(parts) < 4:
+            return "filter-dataline without a payload field"
+        if b"\r" in parts[1] or b"\r" in parts[2]:
+            return "CR inside the ids of an output line"
+        # A CR in the payload is message content: smtpd forwards bare CRs
         # from clients and stores them back (protocol.md §4.1, §5.4).
         return None
     if b"\r" in line:

@@ -347,6 +347,8 @@ class Engine:
                 p.encode_field(req.token),
                 failure_decision(self.filter.on_error, req.phase).wire,
             )
+            if p.is_fatal_output(line):  # the ids themselves are unusable: no answer at all
+                return
         self.out.append(line)
 
     def _spawn(self, sid: str, coro: Any) -> None:
@@ -400,7 +402,7 @@ class Engine:
     def _open_stream(self, parts: list[bytes]) -> _Stream | None:
         rules = p.rules_for(parts[1])
         sid, token = parts[5], parts[6]
-        if rules is None or not sid or not token:
+        if rules is None or not sid or not token or b"\r" in sid or b"\r" in token:
             raise p.ProtocolError("data-line with bad version or ids")
         prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
         room = p.MAX_OUTPUT_LINE - len(prefix)
