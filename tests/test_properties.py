@@ -609,3 +609,30 @@ def test_regression_smtp_out_sessions_are_freed(dialect: str) -> None:
     driver = run(spec, stream, [1 << 20], [False])
     driver.oracle.check()
     assert len(driver.engine.sessions) == 0
+
+
+@pytest.mark.parametrize("dialect", ["0.4", "0.6", "0.7/7.6"])
+@pytest.mark.parametrize("where", ["token", "session"])
+def test_regression_cr_in_ids_is_never_echoed(dialect: str, where: str) -> None:
+    """A request or data line whose id carries a CR (a corrupted line: smtpd
+    prints ids as %016x) was answered with that CR in the output, which
+    smtpd dies on; the last line of defence replaced the decision but kept
+    the ids (found by test_corrupted_streams)."""
+    from smtpd_filter_sdk.testing.wire import Wire
+
+    w, sid, tok = Wire(dialect), "e3e70682c2094cad", "629f6fbed82c07cd"
+    bad_sid, bad_tok = (sid, tok[:8] + "\r" + tok[8:]) if where == "token" else (sid[:8] + "\r" + sid[8:], tok)
+    spec = Spec("fail-open", "warn", {"connect": [("sync", ("proceed",))]}, {}, ("line", "identity"))
+    body = [w.connect("1.0", bad_sid, bad_tok, "<unknown>", "1.2.3.4"),
+            w.request("1.1", "data-line", bad_sid, bad_tok, b"x"),
+            w.request("1.1", "data-line", bad_sid, bad_tok, b"."),
+            w.connect("1.2", sid, tok, "<unknown>", "1.2.3.4"),
+            w.report("1.3", "link-disconnect", sid)]
+    stream = manual_stream(dialect, body, build(spec))
+    lines = list(stream.lines)
+    for i in (-5, -4, -3):  # the corrupted lines carry no expectation, only the intact request does
+        lines[i] = sst.Line(lines[i].raw, "garbage", damaged=True, waits=False)
+    stream = sst.Stream(stream.dialect, tuple(lines), stream.phases, stream.events, corrupted=True)
+    driver = run(spec, stream, [1 << 20], [False])
+    driver.oracle.check()
+    assert [p.answers != [] for p in driver.oracle.pendings] == [True]
