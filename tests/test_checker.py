@@ -263,3 +263,17 @@ def test_cli_all_dialects_and_env():
 def test_main_in_process(capsys):
     assert main(["-q", "--no-builtin", "--replay", str(CAPTURES / "plain.txt"), "--", sys.executable, str(BROKEN / "good_raw.py")]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dialect", ["0.4", "0.6"])
+def test_echoed_client_crs_are_not_the_filters_fault(dialect):
+    # A client line ending in CR (it sent CR CR LF), a bare CR inside a line,
+    # and a 3,000-byte line of CRs that smtpd < 7.4 cuts: echoing them is
+    # right, so no crlf / cr-in-output warning (only the truncation).
+    from smtpd_filter_sdk.testing.scenarios import Scenario
+    from smtpd_filter_sdk.testing.simulator import Connect, Ehlo, Message, Quit, message_lines
+
+    lines = [b"ends in cr\r", b"bare \r inside", b"\r" * 3000]
+    sc = Scenario("crs", "CRs from the client", ((Connect(), Ehlo("c.example"), Message("a@example.org", ("b@example.net",), message_lines("a@example.org", ["b@example.net"], lines)), Quit()),))
+    result = check(f"{sys.executable} {BROKEN / 'good_raw.py'}", [dialect], scenarios=[sc], **FAST)
+    assert result.rules() == {"legacy-truncation"}

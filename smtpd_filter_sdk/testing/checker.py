@@ -409,4 +409,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["CheckResult", "DialectResult", "RELEASED_DIALECTS", "SMTPD_ENV", "check", "load_capture", "main"]
+__all__ = ["CheckResult", "DialectResult", "RELEASED_DIALECTS", "SMTPD_ENV", "STDOUT", "check", "load_capture", "main"]

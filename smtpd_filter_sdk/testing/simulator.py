@@ -1306,8 +1306,19 @@ class Lka:
         self.smtp_out_ok = version >= (0, 5)
         self.report_ok = bool(DIALECTS[sim.dialect]["protocol"])
         self.ready = False
+        self._cut = False  # the line being judged was cut at 2,047 bytes
+        self._stripped_cr = False  # ... or lost a trailing CR (6.6)
         self.reports: Counter[tuple[str, str]] = Counter()
         self.phases: set[str] = set()
+
+    def _crlf(self, raw: bytes) -> None:
+        self.sim.finding(
+            WARN,
+            "crlf",
+            "line ends in CR LF: smtpd 6.6 (protocol 0.4) strips the CR, but 6.7+ keep it and die on it",
+            line=raw,
+            once="crlf",
+        )
 
     def _fatal(self, rule: str, message: str, log: str | Sequence[str], line: bytes | None, session: str | None = None) -> None:
         logs = (log,) if isinstance(log, str) else tuple(log)
@@ -1329,15 +1340,12 @@ class Lka:
             )
             raise SmtpdGone(finding)
         line = raw
+        self._stripped_cr = False
         if self.strip_cr and line.endswith(b"\r"):
             line = line[:-1]
-            sim.finding(
-                WARN,
-                "crlf",
-                "line ends in CR LF: smtpd 6.6 (protocol 0.4) strips the CR, but 6.7+ keep it and die on it",
-                line=raw,
-                once="crlf",
-            )
+            self._stripped_cr = True
+            if not line.startswith(b"filter-dataline|"):  # data lines: see _dataline
+                self._crlf(raw)
         text = p.decode_field(line)
         if not self.ready:
             self._registration(line, text)
@@ -1355,6 +1363,7 @@ class Lka:
                     once=("legacy-truncation", sid),
                 )
                 line = line[:LEGACY_LINE]
+            self._cut = len(raw) > len(line)
             self._response(line, raw)
             return
         if line.startswith(b"report|"):
@@ -1501,8 +1510,17 @@ class Lka:
             stream.done = True
             sim.resolve(s, list(stream.output), "data")
             return
-        if b"\r" in payload and payload not in stream.input:
-            sim.finding(WARN, "cr-in-output", "CR inside a data line the client did not send: smtpd stores it in the message", line=raw, session=s.sid, once=("cr-data", s.sid))
+        if self._stripped_cr or b"\r" in payload:
+            # CRs the client sent are the client's business: only judge the filter's own.
+            echo = (
+                payload in stream.input
+                or payload + b"\r" in stream.input
+                or (self._cut and any(x.startswith(payload) for x in stream.input))
+            )
+            if self._stripped_cr and not echo:
+                self._crlf(raw)
+            if b"\r" in payload and not echo:
+                sim.finding(WARN, "cr-in-output", "CR inside a data line the client did not send: smtpd stores it in the message", line=raw, session=s.sid, once=("cr-data", s.sid))
         stream.output.append(payload)
 
     def _result(self, s: SimSession, tok: int, response: bytes, raw: bytes, text: str) -> None:
