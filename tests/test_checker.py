@@ -277,3 +277,13 @@ def test_echoed_client_crs_are_not_the_filters_fault(dialect):
     sc = Scenario("crs", "CRs from the client", ((Connect(), Ehlo("c.example"), Message("a@example.org", ("b@example.net",), message_lines("a@example.org", ["b@example.net"], lines)), Quit()),))
     result = check(f"{sys.executable} {BROKEN / 'good_raw.py'}", [dialect], scenarios=[sc], **FAST)
     assert result.rules() == {"legacy-truncation"}
+
+
+def test_a_filter_that_dies_at_start_shows_its_last_words():
+    # A usage error (or a traceback) at start: smtpd logs the filter's stderr,
+    # then loses the processor and exits.
+    result = check(f"{sys.executable} -c \"import sys; sys.exit('usage: bad flag -x')\"", ["0.6"], **FAST)
+    (f,) = result.findings
+    assert f.rule == "filter-exited" and f.severity == FATAL
+    assert f.smtpd_log == ("filter: usage: bad flag -x", "warn: lost processor: filter exited abnormally", "Exiting")
+    assert result.exit_status == 1

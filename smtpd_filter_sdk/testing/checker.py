@@ -341,6 +341,17 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``smtpd-filter-check`` command; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="smtpd-filter-check",
         description="Run an OpenSMTPD proc-exec filter the way smtpd does and report what would kill or stall smtpd.",

@@ -355,6 +355,10 @@ class ProcessTransport:
                 status = self.proc.wait(0.5)
             except subprocess.TimeoutExpired:
                 status = None
+        # Its last words on stderr (a traceback, a usage error) come with the news.
+        deadline = time.monotonic() + 0.3
+        while not self._err_eof and status is not None and time.monotonic() < deadline:
+            self._poll(0.05)
         self.exit_status = status
         raise FilterGone(status is not None, status)
 
@@ -766,13 +770,10 @@ class SubprocessHarness(_HarnessBase):
             return
         if self.sim.dead is None and not self.transport.running and not self.transport._shut:
             # The filter went away between steps: smtpd would have noticed.
-            status = self.transport.proc.poll()
-            self.sim.finding(
-                FATAL,
-                "filter-exited",
-                f"the filter exited (status {status}): smtpd never restarts a filter, it shuts down",
-                log=(f"warn: lost processor: {self.sim.name} exited abnormally", "Exiting"),
-            )
+            try:
+                self.sim._gone(FilterGone(True, self.transport.proc.poll()))
+            except SmtpdGone:
+                pass
         super().close()
         if self.transport.exited_on_eof is False:
             self.sim.finding(
@@ -789,13 +790,18 @@ def default_name(command: str) -> str:
         words = shlex.split(command)
     except ValueError:
         words = command.split()
-    for word in words:
+    interpreters = ("python", "env", "exec", "sh", "bash", "dash", "perl", "ruby", "node", "nice", "setsid")
+    it = iter(words)
+    for word in it:
         base = os.path.basename(word)
         if "=" in word and not word.startswith("/"):
-            continue
-        if base.startswith("python") or base in ("env", "exec", "-u", "-m"):
-            continue
-        if base.startswith("-"):
+            continue  # VAR=value
+        if word == "-c":
+            return "filter"
+        if word == "-m":
+            module = next(it, "filter")
+            return module.rsplit(".", 1)[-1]
+        if base.startswith(interpreters) or base.startswith("-"):
             continue
         return base.rsplit(".", 1)[0] if base.endswith(".py") else base
     return "filter"

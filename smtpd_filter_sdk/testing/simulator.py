@@ -1818,11 +1818,13 @@ class Simulator:
     def _gone(self, gone: FilterGone) -> None:
         if gone.exited:
             status = f" (status {gone.status})" if gone.status is not None else ""
+            last = list(getattr(self.transport, "stderr", ()))[-3:]
+            logs = [f"{self.name}: {line}" for line in last]
             finding = self.finding(
                 FATAL,
                 "filter-exited",
                 f"the filter exited{status}: smtpd never restarts a filter, it shuts down",
-                log=(f"warn: lost processor: {self.name} exited abnormally", "Exiting"),
+                log=(*logs, f"warn: lost processor: {self.name} exited abnormally", "Exiting"),
             )
         else:
             finding = self.finding(
