@@ -3,9 +3,11 @@
     filter "rdns" proc-exec "py-filter-rdns -noRdns reject -noFcrdns junk -dynamic junk"
 
 At connect the client's PTR name is checked forward (FCrDNS, RFC 8601 iprev).
-smtpd has done that already (``link-connect``); its answer is used when it is
-conclusive, and the filter resolves again itself only when smtpd reports a DNS
-error.  Then, per outcome, one of ``reject`` (550 at connect: the client sees
+smtpd has done that already (``link-connect``); its ``pass`` is used as is.
+The filter resolves again itself when smtpd reports a DNS error, and before
+acting on smtpd's "no PTR"/"no match": smtpd 6.8 reports a PTR lookup that
+timed out (after ~75 s of retries) as no PTR, which must not become a
+permanent refusal.  Then, per outcome, one of ``reject`` (550 at connect: the client sees
 it instead of the banner), ``disconnect`` (550 and close), ``junk`` (smtpd
 adds ``X-Spam: Yes``) or ``none`` (log only):
 
@@ -269,7 +271,19 @@ class RDNS:
     # -- connect -----------------------------------------------------------
 
     def needs_dns(self, session: Any) -> bool:
-        return iprev_from_smtpd(session.rdns, session.fcrdns) is None
+        """Must we resolve ourselves?  When smtpd says ``error``, and when it
+        says no PTR / no match and that would cost the client something:
+        smtpd 6.8 reports a PTR query that timed out (after ~75 s of retries)
+        as ``<unknown>``/``fail``, indistinguishable from a real NXDOMAIN, so
+        a permanent refusal is only made on our own conclusive answer."""
+        iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
+        if iprev is None:
+            return True
+        if iprev.result == "permerror" and not iprev.detail.startswith("no PTR name"):
+            return self.opts.noRdns != "none"
+        if iprev.result == "fail":
+            return self.opts.noFcrdns != "none"
+        return False
 
     def prefetch(self, session: Any) -> None:
         src = session.src
@@ -300,7 +314,7 @@ class RDNS:
             return Verdict(ip, FCrDNS("none"), "allowlist", reason="allowlisted address")
         iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
         source = "smtpd"
-        if iprev is None:
+        if iprev is None or self.needs_dns(session):
             key = str(ip)
             iprev = await self.cache.get(key, lambda: self.resolver.fcrdns(key))
             source = "dns"
