@@ -174,6 +174,13 @@ class EngineTransport:
     def idle(self) -> bool:
         return not self.engine.out and not self._pending()
 
+    def __del__(self) -> None:  # a harness the test did not close
+        try:
+            if not self.loop.is_closed() and not self.loop.is_running():
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
     def close(self) -> None:
         if self.loop.is_closed():
             return
@@ -369,6 +376,14 @@ class ProcessTransport:
     @property
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def __del__(self) -> None:  # never leave a filter process behind
+        try:
+            if not self._shut:
+                self.exit_timeout = min(self.exit_timeout, 1.0)
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
 
     def close(self) -> None:
         """EOF on the filter's stdin (smtpd going away); the filter should
