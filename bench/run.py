@@ -752,11 +752,34 @@ def describe(a) -> str:
         (", tls" if a.tls else "") + (", auth" if a.auth else ""))
 
 
+def profiled(cmd: str, path: str) -> str:
+    """Run a Python filter under cProfile (the profile is written at exit)."""
+    words = shlex.split(cmd)
+    if not words or "python" not in os.path.basename(words[0]):
+        raise SystemExit("--profile needs a Python filter command (python3 script.py ...)")
+    return " ".join(shlex.quote(w) for w in [words[0], "-m", "cProfile", "-o", path] + words[1:])
+
+
+def print_profile(path: str, n: int = 25) -> None:
+    import io
+    import pstats
+    if not os.path.exists(path):
+        print("no profile written (did the filter exit normally on EOF?)")
+        return
+    buf = io.StringIO()
+    pstats.Stats(path, stream=buf).sort_stats("tottime").print_stats(n)
+    print(buf.getvalue())
+
+
 def mode_single(a, out: Output, spec: str) -> list[dict]:
     name, cmd = shortcut(spec, a.tmpdir)
     name = a.name or name
+    if a.profile:
+        cmd = profiled(cmd, os.path.abspath(a.profile))
     print("# %s: %s" % (name, describe(a)), flush=True)
     runs = [out.run(run_once(a, name, cmd)) for _ in range(a.repeats)]
+    if a.profile:
+        print_profile(os.path.abspath(a.profile))
     if a.repeats > 1 and "lines_per_s" in runs[0]:
         s = summarize(name, runs)
         print(fmt_summary(s), flush=True)
@@ -1044,6 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="private netns (lo only) + fake DNS (default: when root)")
     g.add_argument("--dns-score", type=int, default=77)
     g.add_argument("--tmpdir", default=None)
+    g.add_argument("--profile", metavar="FILE",
+                   help="run a Python filter under cProfile, print the top functions")
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print one JSON object per run")
     g.add_argument("--json-out", metavar="FILE", help="append JSON lines to FILE")
