@@ -373,16 +373,37 @@ def needs_private_dns(cmd: str) -> bool:
     return "senderscore" in cmd
 
 
+def resolvers_are_loopback(path: str = "/etc/resolv.conf") -> bool:
+    import ipaddress
+    try:
+        with open(path) as f:
+            ns = [l.split()[1] for l in f if l.split()[:1] == ["nameserver"] and len(l.split()) > 1]
+    except OSError:
+        return False
+    try:
+        return bool(ns) and all(ipaddress.ip_address(x.split("%")[0]).is_loopback for x in ns)
+    except ValueError:
+        return False
+
+
+def dns_unsafe(cmd: str) -> bool:
+    """True when CMD would send DNS queries to a non-loopback resolver: such a
+    filter only runs inside the private namespace (fake DNS on 127.0.0.1) or
+    when the system resolver itself is on loopback, whatever --isolate says."""
+    return needs_private_dns(cmd) and not in_netns() and not resolvers_are_loopback()
+
+
 def run_once(a, name: str, cmd: str, sessions: int | None = None,
              checkpoints: tuple[int, ...] = (), lazy: bool = False) -> dict:
     env = filter_env(a)
     miss = missing_binary(cmd, env)
     if miss:
         return {"name": name, "cmd": cmd, "skipped": "not installed (%s)" % miss}
-    if needs_private_dns(cmd) and not in_netns() and a.isolate != "no":
+    if dns_unsafe(cmd):
         # never let a benchmark send DNS queries to a non-loopback resolver
-        return {"name": name, "cmd": cmd, "skipped": "needs the private network namespace "
-                "with the fake DNS (root + unshare), or --isolate no"}
+        return {"name": name, "cmd": cmd, "skipped": "queries DNS and the resolver is not "
+                "on loopback: needs the private network namespace with the fake DNS "
+                "(root + unshare, --isolate auto/yes)"}
     d = gen_stream.dialect(a.version)
     fp = FilterProc(cmd, env, a.stderr_file)
     try:
@@ -800,8 +821,8 @@ def mode_against(a, out: Output, spec_a: str, spec_b: str) -> dict:
     for nm, cmd in ((na, ca), (nb, cb)):
         miss = missing_binary(cmd, env)
         why = ("%s not installed (%s)" % (nm, miss) if miss else
-               "%s needs the private network namespace with the fake DNS" % nm
-               if needs_private_dns(cmd) and not in_netns() and a.isolate != "no" else None)
+               "%s queries DNS: needs the private network namespace with the fake DNS" % nm
+               if dns_unsafe(cmd) else None)
         if why:
             print("%s vs %s: skipped: %s" % (na, nb, why), flush=True)
             out.note({"comparison": [na, nb], "skipped": why})
