@@ -33,7 +33,8 @@ Shortcuts: @echo, @passthrough, @senderscore (Debian anchor, needs the fake
 DNS: run.py runs everything in a private network namespace whose only
 interface is lo, /etc/resolv.conf -> 127.0.0.1 where bench/fakedns.py
 answers; ``--isolate no`` to disable), @dkimsign (generates a throw-away key),
-@rspamd (needs rspamd on 127.0.0.1:11333; not in the suite).
+@rspamd (not in the suite: run it with --isolate no against an rspamd
+already listening on 127.0.0.1:11333; the namespace has no rspamd).
 """
 
 from __future__ import annotations
@@ -884,7 +885,7 @@ def mode_memory(a, out: Output, spec: str) -> dict:
            "rss_at_sessions_MB_in_largest_run": big.get("rss_at_sessions_MB"),
            "growth_MB": round(growth, 1), "flat_within_5MB": growth <= 5.0,
            "all_complete": all(r["complete"] for r in per.values())}
-    print("peak RSS (ru_maxrss) by sessions: %s; VmHWM: %s; VmRSS at checkpoints of the "
+    print("peak RSS by sessions: %s; VmHWM: %s; VmRSS at checkpoints of the "
           "%s run: %s; growth %.1f MB -> %s" % (
               ", ".join("%s: %.1f MB" % (k, v) for k, v in maxrss.items()),
               ", ".join("%s: %.1f MB" % (k, v) for k, v in hwm.items()),
@@ -965,6 +966,9 @@ def mode_suite(a, out: Output) -> int:
               memory_sessions="1e4,1e5", window=0),
         out, "@echo")
     print("# suite done in %.0f s" % (time.time() - t_start), flush=True)
+    if q:
+        print("# --quick: runs of ~0.2 s, too short and too few for the targets on a noisy "
+              "machine; quote the full suite", flush=True)
     print_targets(results)
     out.note({"suite_results": results})
     return 0
