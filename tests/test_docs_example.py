@@ -54,3 +54,9 @@ def test_every_rule_is_documented():
     doc = DOC.read_text(encoding="utf-8")
     missing = sorted(r for r in rules if f"`{r}`" not in doc)
     assert missing == []
+
+
+def test_readme_carries_the_same_complete_example():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert example_code() in blocks
