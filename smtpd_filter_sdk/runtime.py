@@ -138,11 +138,11 @@ class Engine:
                 if fast is not None and parts[4] == b"data-line":
                     prefix, dot_rest, rest_room, token_bar, session, stream = fast
                     rest = parts[6]
-                    if len(rest) <= rest_room and rest != dot_rest:
+                    if len(rest) <= rest_room and rest != dot_rest and rest.startswith(token_bar):
                         if session is None:  # pass-through
                             out_append(prefix + rest)
                             continue
-                        if line_fn is not None and rest.startswith(token_bar):
+                        if line_fn is not None:
                             payload = rest[len(token_bar) :]
                             try:
                                 result = line_fn(session, payload[1:] if payload[:1] == b"." else payload)
