@@ -636,3 +636,25 @@ def test_regression_cr_in_ids_is_never_echoed(dialect: str, where: str) -> None:
     driver = run(spec, stream, [1 << 20], [False])
     driver.oracle.check()
     assert [p.answers != [] for p in driver.oracle.pendings] == [True]
+
+
+@pytest.mark.parametrize("dialect", ["0.5", "0.6", "0.7", "0.7/7.6"])
+@pytest.mark.parametrize("data", [("headers", "add"), ("line", "identity"), ("line", "upper")])
+def test_regression_data_line_without_payload_field(dialect: str, data: tuple[str, str]) -> None:
+    """A (corrupted) data line missing its payload field, ``...|SID|TOK``,
+    was echoed by the pass-through fast path as ``filter-dataline|SID|TOK``
+    (no payload field: fatal for smtpd) (found by test_corrupted_streams)."""
+    from smtpd_filter_sdk.testing.wire import Wire
+
+    w, sid, tok = Wire(dialect), "0a5d2f346baa9455", "23a7711a81332877"
+    spec = Spec("fail-open", "warn", {}, {}, data)
+    body = [w.request("1.0", "data-line", sid, tok, p) for p in (b"Subject: x", b"", b"body")]
+    broken = w.request("1.1", "data-line", sid, tok).rsplit(b"|", 1)[0]
+    body += [broken, w.request("1.2", "data-line", sid, tok, b"."), w.report("1.3", "link-disconnect", sid)]
+    stream = manual_stream(dialect, body, build(spec))
+    lines = list(stream.lines)
+    lines[-3] = sst.Line(broken, "garbage", sid, damaged=True, waits=False)
+    stream = sst.Stream(stream.dialect, tuple(lines), stream.phases, stream.events, corrupted=True)
+    driver = run(spec, stream, [1 << 20], [False])
+    driver.oracle.check()
+    assert driver.oracle.messages[0].output_ended
