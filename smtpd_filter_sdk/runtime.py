@@ -33,6 +33,9 @@ from .responses import Decision, Proceed, Reject, failure_decision, refusal
 from .session import Session, SessionTable, apply_report
 
 READ_SIZE = 65536
+#: The hot loop finds a stream by the ``SID|`` that starts a data-line
+#: request's rest; smtpd's session ids are 16 hex digits.
+_FAST_KEY = 17
 
 # Data stream modes
 _PASS = 0  # echo lines unchanged (the fast path)
@@ -90,10 +93,10 @@ class Engine:
         self.registered = False
         self._carry = b""
         self._streams: dict[bytes, _Stream] = {}
-        # sid -> (fast_prefix, dot_rest, rest_room, token_bar, session or None
-        # for pass-through, stream) for streams whose lines the hot loop in
-        # feed() may handle; kept in step by _set_mode.
-        self._fast: dict[bytes, tuple[bytes, bytes, int, bytes, Session | None, _Stream]] = {}
+        # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, session or
+        # None for pass-through, stream) for the streams whose lines the hot
+        # loop in feed() handles; kept in step by _set_mode.
+        self._fast: dict[bytes, tuple[bytes, bytes, int, Session | None, _Stream]] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._phase_handlers = filt.phase_handlers
@@ -131,29 +134,50 @@ class Engine:
         out_append = self.out.append
         line_handler = self.filter.data_line_handler
         line_fn = line_handler.fn if line_handler is not None else None
+        # The stream of the previous data line: consecutive lines mostly
+        # belong to one message, so the dict lookup is skipped for them.
+        # Forgotten after anything that may change stream state; b"\n" can
+        # never start a line's rest, so it matches nothing.
+        ids = b"\n"
+        dot_rest = b""
+        rest_room = 0
+        session: Session | None = None
+        stream: _Stream | None = None
         for line in lines:
-            parts = line.split(b"|", 6)
-            if len(parts) == 7:
-                fast = fast_get(parts[5])
-                if fast is not None and parts[4] == b"data-line":
-                    prefix, dot_rest, rest_room, token_bar, session, stream = fast
-                    rest = parts[6]
-                    if len(rest) <= rest_room and rest != dot_rest and rest.startswith(token_bar):
-                        if session is None:  # pass-through
-                            out_append(prefix + rest)
-                            continue
-                        if line_fn is not None:
-                            payload = rest[len(token_bar) :]
-                            try:
-                                result = line_fn(session, payload[1:] if payload[:1] == b"." else payload)
-                            except Exception as exc:  # noqa: BLE001
-                                self._data_failure(stream, f"data-line handler raised {exc!r}")
-                                result = None
-                            if result is None:
-                                out_append(prefix + rest)
-                            else:
-                                self._line_result(stream, payload, result)
-                            continue
+            # filter|VER|TS|smtp-in|data-line|SID|TOK|payload: the answer is
+            # b"filter-dataline|" + everything after the 5th "|" (SID-first
+            # versions), so one bounded split is all the parsing needed.
+            parts = line.split(b"|", 5)
+            if len(parts) == 6 and parts[4] == b"data-line" and parts[0] == b"filter":
+                rest = parts[5]
+                if not rest.startswith(ids):
+                    fast = fast_get(rest[:_FAST_KEY])
+                    if fast is None or not rest.startswith(fast[0]):
+                        ids = b"\n"
+                        handle(line)
+                        continue
+                    ids, dot_rest, rest_room, session, stream = fast
+                if len(rest) <= rest_room and rest != dot_rest:
+                    if session is None:  # pass-through
+                        out_append(b"filter-dataline|" + rest)
+                        continue
+                    if line_fn is not None:
+                        payload = rest[len(ids) :]
+                        try:
+                            result = line_fn(session, payload[1:] if payload[:1] == b"." else payload)
+                        except Exception as exc:  # noqa: BLE001
+                            assert stream is not None
+                            self._data_failure(stream, f"data-line handler raised {exc!r}")
+                            result = None
+                            ids = b"\n"
+                        if result is None:
+                            out_append(b"filter-dataline|" + rest)
+                        else:
+                            assert stream is not None
+                            self._line_result(stream, payload, result)
+                            ids = b"\n"
+                        continue
+            ids = b"\n"
             handle(line)
 
     def handle_line(self, line: bytes) -> None:
@@ -428,21 +452,22 @@ class Engine:
 
     def _set_mode(self, stream: _Stream, mode: int) -> None:
         stream.mode = mode
-        if stream.fast_prefix is not None and mode in (_PASS, _LINES):
-            self._fast[stream.sid] = (
-                stream.fast_prefix,
-                stream.dot_rest,
-                stream.rest_room,
-                stream.token_bar,
+        key = stream.sid + b"|"
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES):
+            ids = key + stream.token_bar
+            self._fast[key] = (
+                ids,
+                ids + b".",
+                stream.rest_room + len(key),
                 stream.session if mode == _LINES else None,
                 stream,
             )
         else:
-            self._fast.pop(stream.sid, None)
+            self._fast.pop(key, None)
 
     def _drop_stream(self, sid: bytes) -> None:
         self._streams.pop(sid, None)
-        self._fast.pop(sid, None)
+        self._fast.pop(sid + b"|", None)
 
     def _session(self, stream: _Stream) -> Session:
         return stream.session
