@@ -501,7 +501,17 @@ class Driver:
         """Feed the whole stream in chunks of the given sizes (cycled),
         running the event loop one step after a chunk where ``ticks`` says so;
         then let every handler finish and check the end state."""
-        lines = self.stream.lines
+        self.push(self.stream.lines, chunks, ticks)
+        if self.stream.tail:
+            self.engine.feed(self.stream.tail)
+            self.oracle.after(self._take())
+        return self.finish()
+
+    def push(self, lines: Sequence[Line], chunks: Sequence[int] = (65536,),
+             ticks: Sequence[bool] = (False,)) -> None:
+        """Feed these lines now, as smtpd would: a line that waits for its
+        session's pending request is only sent once the filter answered it
+        (the event loop runs until then)."""
         data = b"".join(line.raw + b"\n" for line in lines)
         ends: list[int] = []
         offset = 0
@@ -535,14 +545,18 @@ class Driver:
                 if self.oracle.busy(blocked):
                     self.oracle.fail(f"{blocked}: smtpd would wait forever (no answer after every handler finished)")
                     self.forced.add(blocked)
-        if self.stream.tail:
-            self.engine.feed(self.stream.tail)
-            self.oracle.after(self._take())
+
+    def finish(self) -> Oracle:
+        """Let every handler finish, then check the end state."""
         self.settle()
         self.oracle.finish(self.engine)
+        self.check_log()
+        return self.oracle
+
+    def check_log(self) -> None:
         if self.log.internal_errors:
             self.oracle.fail(f"internal errors logged: {self.log.internal_errors[:3]}")
-        return self.oracle
+            self.log.lines.clear()
 
     def close(self) -> None:
         self.engine.eof()
