@@ -19,7 +19,7 @@ from typing import Callable, Union
 # Versions as data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # built once, at import
 class Rules:
     """How one protocol version lays out the fields that moved over time."""
 
@@ -137,7 +137,7 @@ class ProtocolError(ValueError):
 # Addresses (link-connect src/dest, connect src)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Address:
     """A client or listener address as smtpd prints it.
 
@@ -275,10 +275,12 @@ def registration_lines(
 
 
 # --------------------------------------------------------------------------
-# Report events: one small record per event
+# Report events: one small record per event.  Records are built for every
+# line, so they are plain slots classes: a frozen dataclass pays an
+# object.__setattr__ per field, which doubled the cost of a report.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkConnect:
     rdns: str  # PTR name, or "<unknown>"
     fcrdns: str  # pass | fail | error
@@ -286,105 +288,105 @@ class LinkConnect:
     dest: Address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkGreeting:
     hostname: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkIdentify:
     method: str  # HELO | EHLO (smtp-out: LHLO too)
     identity: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkTLS:
     tls: str  # version:cipher:bits
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkAuth:
     username: str
     result: str  # pass | fail | error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkDisconnect:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxReset:
     msgid: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxBegin:
     msgid: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxMail:
     msgid: str
     result: str  # ok | permfail | tempfail
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxRcpt:
     msgid: str
     result: str
     address: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxEnvelope:
     msgid: str
     evpid: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxData:
     msgid: str
     result: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxCommit:
     msgid: str
     size: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxRollback:
     msgid: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProtocolClient:
     command: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProtocolServer:
     response: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FilterReport:
     kind: str
     name: str
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FilterResponse:
     phase: str  # note: "connected" and "tls", not "connect"/"starttls"
     response: str
     param: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Timeout:
     pass
 
@@ -412,7 +414,7 @@ EventParams = Union[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Report:
     version: str
     timestamp: str
@@ -566,13 +568,13 @@ def parse_report(line: bytes) -> Report:
 # Filter requests
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectParams:
     rdns: str
     src: Address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """``filter|VER|TS|smtp-in|PHASE|SID|TOK|PARAM``.
 
@@ -588,6 +590,7 @@ class Request:
     token: str
     param: bytes
     rules: Rules
+    ids: bytes = b""  # ``SID|TOK`` or ``TOK|SID`` as the answer must carry them
 
     @property
     def text(self) -> str:
@@ -621,6 +624,7 @@ def parse_request(line: bytes) -> Request:
         decode_field(parts[6]),
         parts[7],
         rules,
+        response_ids(rules, parts[5], parts[6]),
     )
 
 

@@ -361,16 +361,11 @@ class Engine:
 
     def _answer(self, req: p.Request, session: Session, decision: Decision | None) -> None:
         wire = decision.wire if decision is not None else b"proceed"
-        line = p.format_result(req.rules, p.encode_field(req.session), p.encode_field(req.token), wire)
+        line = b"filter-result|" + req.ids + b"|" + wire
         reason = p.is_fatal_output(line)
         if reason:  # cannot happen with checked decisions; never let it reach smtpd
             self.log(f"{req.phase}: not writing {describe_line(line)} ({reason})", session.id)
-            line = p.format_result(
-                req.rules,
-                p.encode_field(req.session),
-                p.encode_field(req.token),
-                failure_decision(self.filter.on_error, req.phase).wire,
-            )
+            line = b"filter-result|" + req.ids + b"|" + failure_decision(self.filter.on_error, req.phase).wire
             if p.is_fatal_output(line):  # the ids themselves are unusable: no answer at all
                 return
         self.out.append(line)
