@@ -48,6 +48,7 @@ decision on stderr, keyed by session id.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -74,6 +75,7 @@ ERROR_ACTIONS = ("tempfail", "junk", "none")
 #: how bad an action is, to pick the worst of several findings
 SEVERITY = {"none": 0, "junk": 1, "tempfail": 2, "reject": 3, "disconnect": 4}
 KEY = "rdns"
+_UNSET: Any = object()
 
 #: words that mark a generic/dynamic PTR name, as whole tokens of the host part
 DYNAMIC_WORDS = frozenset(
@@ -258,6 +260,7 @@ class RDNS:
             ttl=opts.cacheTTL, maxsize=200_000, ttl_for=self._ttl_for
         )
         self.admd: str | None = None
+        self._ips: dict[str, tuple[IP, str]] = {}
 
     def _ttl_for(self, result: FCrDNS) -> float:
         return 0.0 if result.result == "temperror" else self.opts.cacheTTL
@@ -270,13 +273,14 @@ class RDNS:
 
     # -- connect -----------------------------------------------------------
 
-    def needs_dns(self, session: Any) -> bool:
+    def needs_dns(self, session: Any, iprev: FCrDNS | None = _UNSET) -> bool:  # type: ignore[assignment]
         """Must we resolve ourselves?  When smtpd says ``error``, and when it
         says no PTR / no match and that would cost the client something:
         smtpd 6.8 reports a PTR query that timed out (after ~75 s of retries)
         as ``<unknown>``/``fail``, indistinguishable from a real NXDOMAIN, so
         a permanent refusal is only made on our own conclusive answer."""
-        iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
+        if iprev is _UNSET:
+            iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
         if iprev is None:
             return True
         if iprev.result == "permerror" and not iprev.detail.startswith("no PTR name"):
@@ -285,20 +289,33 @@ class RDNS:
             return self.opts.noFcrdns != "none"
         return False
 
+    def client(self, src: Any) -> tuple[IP, str] | None:
+        """(address, cache key) of a session's source, memoised by its text."""
+        host = src.host
+        found = self._ips.get(host)
+        if found is None:
+            ip = client_ip(src)
+            if ip is None:
+                return None
+            if len(self._ips) >= 65536:
+                self._ips.clear()
+            found = self._ips[host] = (ip, str(ip))
+        return found
+
     def prefetch(self, session: Any) -> None:
         src = session.src
         if src is None or src.is_local or not self.needs_dns(session):
             return
-        ip = client_ip(src)
-        if ip is None or (self.allowlist is not None and ip in self.allowlist.current):
+        found = self.client(src)
+        if found is None:
+            return
+        ip, key = found
+        if self.allowlist is not None and ip in self.allowlist.current:
             return
         try:
-            import asyncio
-
             asyncio.get_running_loop()
         except RuntimeError:
-            return
-        key = str(ip)
+            return  # driven without a running loop (tests): connect resolves
         self.cache.start(key, lambda: self.resolver.fcrdns(key))
 
     async def verdict(self, session: Any) -> Verdict:
@@ -307,17 +324,18 @@ class RDNS:
             return Verdict(None, FCrDNS("temperror", detail="no client address"), "noaddr")
         if src.is_local:
             return Verdict(None, FCrDNS("pass"), "local", reason="local session")
-        ip = client_ip(src)
-        if ip is None:
+        found = self.client(src)
+        if found is None:
             return Verdict(None, FCrDNS("temperror", detail=f"unusable address {src}"), "noaddr")
+        ip, key = found
         if self.allowlist is not None and ip in self.allowlist.current:
             return Verdict(ip, FCrDNS("none"), "allowlist", reason="allowlisted address")
         iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
         source = "smtpd"
-        if iprev is None or self.needs_dns(session):
-            key = str(ip)
-            iprev = await self.cache.get(key, lambda: self.resolver.fcrdns(key))
+        if self.needs_dns(session, iprev):
+            iprev = self.cache.peek(key) or await self.cache.get(key, lambda: self.resolver.fcrdns(key))
             source = "dns"
+        assert iprev is not None
         v = Verdict(ip, iprev, source)
         if iprev.result == "pass" and self.domains is not None:
             hit = self.domains.current.match(iprev.confirmed)

@@ -20,12 +20,18 @@ garbled answer are all values, so a filter decides what each one means.  Every
 lookup ends within ``timeout`` seconds (an ``asyncio.timeout`` around the whole
 exchange, retries and TCP fallback included), however the server behaves.
 
-Queries go out through ``dns.asyncquery`` (dnspython) directly, one fresh
-UDP socket (random source port) and random id per query, TCP when the answer
-is truncated.  That is about 2.5 times cheaper than ``dns.asyncresolver``
-(measured: 5,300 vs 2,050 PTR queries/s against the loopback test server, 50
-in flight) and keeps the deadline ours.  With several nameservers the time is
-shared between them and a SERVFAIL/REFUSED moves on to the next one.
+The lookups filters make by the thousand (A, AAAA, PTR) take a lean path:
+the query is built and the answer read (CNAME chains followed, exactly as
+dnspython's ``resolve_chaining`` does) by a small codec here, over a few
+*connected* UDP sockets per nameserver that all queries share (the kernel only
+delivers datagrams from that server; each query has a random id and its answer
+must echo the question; the sockets are replaced every few thousand queries,
+so source ports keep changing).  About 40 us of CPU per query instead of ~380
+us through ``dns.asyncquery`` (one asyncio endpoint per query) and ~500 us
+through ``dns.asyncresolver``.  Everything else - other types, a truncated
+answer (then TCP), a name the codec does not take - goes through dnspython's
+``dns.asyncquery``.  With several nameservers the time is shared between
+them and a SERVFAIL/REFUSED moves on to the next one.
 
 Derived verdicts (a score, an FCrDNS result) are cached by
 :class:`VerdictCache`: TTL + LRU bound, and single flight - concurrent misses
@@ -38,6 +44,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import socket
+import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,6 +54,7 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, Iterable, Sequen
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.ipv6
 import dns.message
 import dns.name
 import dns.rcode
@@ -252,6 +261,268 @@ def _interpret(q: dns.message.Message, r: dns.message.Message) -> Answer:
     return Answer(OK, values, max(0, int(ttl)))
 
 
+# --------------------------------------------------------------------------
+# The lean path: A / AAAA / PTR over shared connected UDP sockets
+
+_FAST_TYPES = {1: "A", 28: "AAAA", 12: "PTR"}
+_TYPE_CODES = {"A": 1, "AAAA": 28, "PTR": 12, "a": 1, "aaaa": 28, "ptr": 12}
+_CNAME = 5
+_MAX_CHAIN = 16  # as dnspython
+_ESCAPED = frozenset(b'"().;\\@$')
+_HEADER = struct.Struct(">HHHHHH")
+_RR = struct.Struct(">HHIH")
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _encode_name(name: str) -> bytes | None:
+    """Wire form of a plain ASCII name (lower case), or None if the lean
+    path should not take it (escapes, non-ASCII, bad lengths)."""
+    text = name[:-1] if name.endswith(".") else name
+    if not text or "\\" in text or not text.isascii():
+        return None
+    out = bytearray()
+    for label in text.lower().split("."):
+        if not 0 < len(label) < 64:
+            return None
+        out.append(len(label))
+        out += label.encode("ascii")
+    out.append(0)
+    return bytes(out) if len(out) <= 255 else None
+
+
+def _label_text(label: bytes) -> str:
+    if all(0x20 < c < 0x7F and c not in _ESCAPED for c in label):
+        return label.decode("ascii")
+    out = []
+    for c in label:
+        if c in _ESCAPED:
+            out.append("\\" + chr(c))
+        elif 0x20 < c < 0x7F:
+            out.append(chr(c))
+        else:
+            out.append("\\%03d" % c)
+    return "".join(out)
+
+
+def _read_name(msg: bytes, off: int) -> tuple[str, int]:
+    """(lower-case text without the final dot, offset after the name)."""
+    labels: list[str] = []
+    end = -1
+    jumps = 0
+    total = 0
+    n = len(msg)
+    while True:
+        if off >= n:
+            raise _Malformed("name runs past the end")
+        length = msg[off]
+        if length == 0:
+            off += 1
+            break
+        if length & 0xC0 == 0xC0:
+            if off + 1 >= n:
+                raise _Malformed("truncated pointer")
+            if end < 0:
+                end = off + 2
+            jumps += 1
+            if jumps > 64:
+                raise _Malformed("pointer loop")
+            off = ((length & 0x3F) << 8) | msg[off + 1]
+            continue
+        if length & 0xC0:
+            raise _Malformed("bad label type")
+        label = msg[off + 1 : off + 1 + length]
+        if len(label) != length:
+            raise _Malformed("label runs past the end")
+        total += length + 1
+        if total > 255:
+            raise _Malformed("name too long")
+        labels.append(_label_text(label))
+        off += 1 + length
+    text = ".".join(labels).lower() if labels else "."
+    return text, (end if end >= 0 else off)
+
+
+def _parse_response(msg: bytes, qname: str, qtype: int) -> Answer:
+    """An answer to a question for (qname, qtype, IN), read like dnspython's
+    ``from_wire`` + ``resolve_chaining``; _Malformed if it cannot be read."""
+    if len(msg) < 12:
+        raise _Malformed("short message")
+    _, flags, qdcount, ancount, _, _ = _HEADER.unpack_from(msg, 0)
+    rcode = flags & 0x000F
+    off = 12
+    for _ in range(qdcount):
+        _, off = _read_name(msg, off)
+        off += 4
+    if off > len(msg):
+        raise _Malformed("question runs past the end")
+    records: list[tuple[str, int, int, str]] = []  # owner, type, ttl, value
+    for _ in range(ancount):
+        owner, off = _read_name(msg, off)
+        if off + 10 > len(msg):
+            raise _Malformed("record header runs past the end")
+        rtype, rclass, ttl, rdlength = _RR.unpack_from(msg, off)
+        off += 10
+        rdata_end = off + rdlength
+        if rdata_end > len(msg):
+            raise _Malformed("rdata runs past the end")
+        if rclass == 1 and rtype in (1, 28, 12, _CNAME):
+            if rtype == 1:
+                if rdlength != 4:
+                    raise _Malformed("bad A")
+                value = "%d.%d.%d.%d" % tuple(msg[off:rdata_end])
+            elif rtype == 28:
+                if rdlength != 16:
+                    raise _Malformed("bad AAAA")
+                value = dns.ipv6.inet_ntoa(msg[off:rdata_end])
+            else:
+                value, name_end = _read_name(msg, off)
+                if name_end != rdata_end:
+                    raise _Malformed("bad name in rdata")
+            records.append((owner, rtype, ttl if ttl < 0x80000000 else 0, value))
+        off = rdata_end
+    if rcode == 3:
+        return Answer(NXDOMAIN)
+    if rcode != 0:
+        return Answer(ERROR, detail=dns.rcode.to_text(rcode))
+    name = qname
+    min_ttl: int | None = None
+    for _ in range(_MAX_CHAIN):
+        found = [(ttl, v) for (o, t, ttl, v) in records if o == name and t == qtype]
+        if found:
+            ttl = min(t for t, _ in found)
+            min_ttl = ttl if min_ttl is None else min(min_ttl, ttl)
+            values = tuple(dict.fromkeys(v for _, v in found))
+            return Answer(OK, values, max(0, min_ttl))
+        cname = [(ttl, v) for (o, t, ttl, v) in records if o == name and t == _CNAME]
+        if not cname:
+            return Answer(NODATA)
+        ttl = min(t for t, _ in cname)
+        min_ttl = ttl if min_ttl is None else min(min_ttl, ttl)
+        name = cname[0][1]
+    return Answer(ERROR, detail="bad answer: ChainTooLong")
+
+
+class _Channel:
+    """One connected UDP socket to one nameserver, shared by many queries."""
+
+    __slots__ = ("loop", "sock", "pending", "uses", "closed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ns: Nameserver) -> None:
+        family = socket.AF_INET6 if ":" in ns.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.connect((ns.host, ns.port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.loop = loop
+        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
+        self.uses = 0
+        self.closed = False
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def ask(self, question: bytes, tail: bytes) -> tuple[int, asyncio.Future[bytes], bytes]:
+        """Send ``header + question + tail``; the future gets the answer.
+        Returns (id, future, packet) - the packet for retransmissions."""
+        qid = random.getrandbits(16)
+        while qid in self.pending:
+            qid = random.getrandbits(16)
+        future: asyncio.Future[bytes] = self.loop.create_future()
+        packet = _HEADER.pack(qid, 0x0100, 1, 0, 0, 1 if tail else 0) + question + tail
+        self.sock.send(packet)
+        self.pending[qid] = (future, question)
+        self.uses += 1
+        return qid, future, packet
+
+    def forget(self, qid: int) -> None:
+        self.pending.pop(qid, None)
+
+    def _readable(self) -> None:
+        for _ in range(256):
+            try:
+                msg = self.sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP unreachable and the like
+                for future, _ in self.pending.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                self.pending.clear()
+                return
+            if len(msg) < 12 or not msg[2] & 0x80:
+                continue
+            entry = self.pending.get((msg[0] << 8) | msg[1])
+            if entry is None:
+                continue
+            future, question = entry
+            qdcount = (msg[4] << 8) | msg[5]
+            # the answer must echo the question (0x20 case changes allowed)
+            if qdcount != 1 or msg[12 : 12 + len(question)].lower() != question:
+                continue
+            del self.pending[(msg[0] << 8) | msg[1]]
+            if not future.done():
+                future.set_result(msg)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError, RuntimeError):
+            pass
+        self.sock.close()
+        for future, _ in self.pending.values():
+            if not future.done():  # an error for the lookup, not a cancellation of its task
+                future.set_exception(ConnectionAbortedError("resolver closed"))
+        self.pending.clear()
+
+
+class _Channels:
+    """A few channels per nameserver, replaced after ``ROTATE`` queries."""
+
+    SIZE = 4
+    ROTATE = 4096
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.by_server: dict[Nameserver, list[_Channel]] = {}
+        self.retired: list[_Channel] = []
+        self.turn = 0
+
+    def get(self, ns: Nameserver) -> _Channel:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new event loop: the old sockets are useless
+            self.close()
+            self.loop = loop
+        chans = self.by_server.setdefault(ns, [])
+        if len(chans) < self.SIZE:
+            chan = _Channel(loop, ns)
+            chans.append(chan)
+            return chan
+        self.turn = (self.turn + 1) % len(chans)
+        chan = chans[self.turn]
+        if chan.uses >= self.ROTATE or chan.closed:
+            self.retired.append(chan)
+            chan = chans[self.turn] = _Channel(loop, ns)
+        if self.retired:
+            self.retired = [c for c in self.retired if c.pending or c.close()]
+        return chan
+
+    def close(self) -> None:
+        for chans in self.by_server.values():
+            for chan in chans:
+                chan.close()
+        for chan in self.retired:
+            chan.close()
+        self.by_server.clear()
+        self.retired.clear()
+
+
 class _Retry(Exception):
     """This nameserver gave no usable answer: try the next one."""
 
@@ -286,12 +557,28 @@ class Resolver:
         self.timeout = float(timeout)
         self.edns_payload = edns_payload
         self.queries = 0  # sent (counting retries), for tests and stats
+        self._channels = _Channels()
+        self.retransmit = max(0.1, self.timeout / 3)
+        self._edns_tail = b"\x00" + _RR.pack(41, edns_payload, 0, 0) if edns_payload else b""
+
+    def close(self) -> None:
+        """Close the shared sockets (they are reopened when needed)."""
+        self._channels.close()
 
     def __repr__(self) -> str:
         return f"Resolver({', '.join(map(str, self.nameservers))}, timeout={self.timeout})"
 
     async def query(self, name: str | dns.name.Name, rdtype: str | int = "A") -> Answer:
         """Look ``name`` up; never raises for a DNS outcome."""
+        code = _TYPE_CODES.get(rdtype) if isinstance(rdtype, str) else rdtype
+        if code in _FAST_TYPES and isinstance(name, str):
+            wire = _encode_name(name)
+            if wire is not None:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        return await self._query_fast(name.rstrip(".").lower(), wire + struct.pack(">HH", code, 1), code)
+                except TimeoutError:
+                    return Answer(TIMEOUT, detail=f"no answer within {self.timeout:g}s")
         try:
             qname = name if isinstance(name, dns.name.Name) else dns.name.from_text(name)
         except dns.exception.DNSException as exc:
@@ -318,6 +605,62 @@ class Resolver:
             except (TimeoutError, asyncio.TimeoutError):
                 last = Answer(TIMEOUT, detail=f"{ns} did not answer")
         return last
+
+    async def _query_fast(self, qname: str, question: bytes, qtype: int) -> Answer:
+        servers = self.nameservers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        last = Answer(ERROR, detail="no nameserver answered")
+        for i, ns in enumerate(servers):
+            share = (deadline - loop.time()) / (len(servers) - i)
+            try:
+                return await asyncio.wait_for(self._ask_fast(ns, qname, question, qtype), share)
+            except _Retry as retry:
+                last = retry.answer
+            except (TimeoutError, asyncio.TimeoutError):
+                last = Answer(TIMEOUT, detail=f"{ns} did not answer")
+        return last
+
+    async def _ask_fast(self, ns: Nameserver, qname: str, question: bytes, qtype: int) -> Answer:
+        try:
+            chan = self._channels.get(ns)
+            qid, future, packet = chan.ask(question, self._edns_tail)
+        except OSError as exc:
+            raise _Retry(Answer(ERROR, detail=f"{ns}: {exc.__class__.__name__}")) from None
+        self.queries += 1
+        try:
+            while True:
+                # UDP may lose a datagram (or a busy server drop it): send the
+                # same query again every third of the timeout until answered
+                while not future.done():
+                    await asyncio.wait((future,), timeout=self.retransmit)
+                    if not future.done() and not chan.closed:
+                        try:
+                            chan.sock.send(packet)
+                        except OSError:
+                            pass
+                        self.queries += 1
+                try:
+                    msg = future.result()
+                except OSError as exc:
+                    raise _Retry(Answer(ERROR, detail=f"{ns}: {exc.__class__.__name__}")) from None
+                if msg[2] & 0x02:  # truncated: dnspython over TCP
+                    self.queries += 1
+                    return await self._ask(ns, dns.name.from_text(qname), dns.rdatatype.RdataType.make(qtype), self.timeout)
+                try:
+                    answer = _parse_response(msg, qname, qtype)
+                except _Malformed:
+                    # garbage with the right id and question: ignore it, as
+                    # dnspython does, and keep waiting for the real answer
+                    future = chan.loop.create_future()
+                    chan.pending[qid] = (future, question)
+                    continue
+                break
+        finally:
+            chan.forget(qid)
+        if answer.status == ERROR:
+            raise _Retry(Answer(ERROR, detail=f"{ns} answered {answer.detail}"))
+        return answer
 
     async def _ask(self, ns: Nameserver, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, budget: float) -> Answer:
         if self.edns_payload:

@@ -410,3 +410,117 @@ def test_cache_ttl_for_lru_and_background_start():
         assert cache.peek(9) == 9
 
     run(go())
+
+
+# -- the lean codec (A/AAAA/PTR) agrees with dnspython ----------------------------------------
+
+from smtpd_filter_sdk.dns import _Malformed, _encode_name, _parse_response  # noqa: E402
+
+
+@st.composite
+def fast_responses(draw):
+    qtype = draw(st.sampled_from(["A", "AAAA", "PTR"]))
+    q = dns.message.make_query("q.example.test", qtype)
+    r = dns.message.make_response(q)
+    r.set_rcode(draw(st.sampled_from([0, 0, 0, 2, 3, 5])))
+    for _ in range(draw(st.integers(0, 5))):
+        owner = draw(st.sampled_from(["q.example.test.", "Q.Example.TEST.", "other.test.", "t.example.test.", "u.test."]))
+        rtype = draw(st.sampled_from(["A", "AAAA", "PTR", "CNAME", "TXT", "MX"]))
+        value = {
+            "A": draw(st.ip_addresses(v=4)).exploded,
+            "AAAA": draw(st.ip_addresses(v=6)).exploded,
+            "PTR": draw(st.sampled_from(["n.example.test.", "N.Example.Test.", "we\\.ird\\\\name.test.", "\\200x.test."])),
+            "CNAME": draw(st.sampled_from(["t.example.test.", "q.example.test.", "u.test.", "x.test."])),
+            "TXT": '"txt"',
+            "MX": "10 mx.test.",
+        }[rtype]
+        r.answer.append(dns.rrset.from_text(owner, draw(st.integers(0, 2**31 - 1)), "IN", rtype, value))
+    return qtype, q, r
+
+
+@given(fast_responses())
+def test_the_lean_codec_reads_answers_as_dnspython_does(qr):
+    qtype, q, r = qr
+    wire = r.to_wire()
+    theirs = _interpret(q, dns.message.from_wire(wire))
+    ours = _parse_response(wire, "q.example.test", dns.rdatatype.from_text(qtype))
+    assert ours.status == theirs.status
+    if ours.status == "ok":
+        assert set(ours.values) == set(theirs.values)
+        assert ours.ttl == theirs.ttl
+    if ours.status == "error":
+        assert ours.detail == theirs.detail
+
+
+@given(st.binary(max_size=300), st.sampled_from([1, 28, 12]))
+def test_the_lean_codec_never_raises_on_garbage(data, qtype):
+    try:
+        a = _parse_response(data, "q.example.test", qtype)
+    except _Malformed:
+        return
+    assert a.status in ("ok", "nxdomain", "nodata", "error")
+
+
+@given(fast_responses(), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6))
+def test_the_lean_codec_survives_corrupted_answers(qr, flips):
+    qtype, q, r = qr
+    wire = bytearray(r.to_wire())
+    for pos, value in flips:
+        if pos < len(wire):
+            wire[pos] = value
+    try:
+        a = _parse_response(bytes(wire), "q.example.test", dns.rdatatype.from_text(qtype))
+    except _Malformed:
+        return
+    assert a.status in ("ok", "nxdomain", "nodata", "error")
+
+
+def test_encode_name():
+    assert _encode_name("Mail.Example.TEST.") == b"\x04mail\x07example\x04test\x00"
+    for bad in ("", ".", "a..b", "x" * 64 + ".test", "caf\u00e9.test", "we\\.ird.test", ("a." * 128) + "test"):
+        assert _encode_name(bad) is None, bad
+
+
+def test_answers_with_another_question_are_ignored():
+    """A datagram from the server's address with the right id but another
+    question (a spoofing attempt) is not taken as the answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(1.0)
+    port = sock.getsockname()[1]
+
+    def serve():
+        try:
+            data, peer = sock.recvfrom(2048)
+            q = dns.message.from_wire(data)
+            other = dns.message.make_query("evil.test", "A")
+            other.id = q.id
+            spoof = dns.message.make_response(other)
+            spoof.answer.append(dns.rrset.from_text("evil.test.", 60, "IN", "A", "6.6.6.6"))
+            sock.sendto(spoof.to_wire(), peer)
+            real = dns.message.make_response(q)
+            real.answer.append(dns.rrset.from_text(q.question[0].name, 60, "IN", "A", "192.0.2.1"))
+            sock.sendto(real.to_wire(), peer)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        a = run(Resolver([f"127.0.0.1:{port}"], timeout=0.5).query("good.test", "A"))
+        assert a.values == ("192.0.2.1",)
+    finally:
+        t.join()
+        sock.close()
+
+
+def test_many_concurrent_queries_share_a_few_sockets(server):
+    r = Resolver([f"127.0.0.1:{server.port}"], timeout=1)
+
+    async def go():
+        got = await asyncio.gather(*(r.ptr("192.0.2.10") for _ in range(300)))
+        assert all(a.values == ("mail.example.test",) for a in got)
+        assert sum(len(c) for c in r._channels.by_server.values()) <= 4
+        r.close()
+
+    run(go())

@@ -136,8 +136,10 @@ def test_a_temporary_verdict_is_not_cached_a_final_one_is(dns_server):
     with h:
         n = ptr_queries(dns_server, "192.0.2.12")
         h.session(src="192.0.2.12", rdns="<unknown>", fcrdns="error")
+        first = ptr_queries(dns_server, "192.0.2.12") - n  # the query and its retransmissions
+        assert first >= 1
         h.session(src="192.0.2.12", rdns="<unknown>", fcrdns="error")
-        assert ptr_queries(dns_server, "192.0.2.12") == n + 2
+        assert ptr_queries(dns_server, "192.0.2.12") - n == 2 * first  # asked again
         n = ptr_queries(dns_server, "192.0.2.10")
         for _ in range(3):
             h.session(src="192.0.2.10", rdns="<unknown>", fcrdns="error")
