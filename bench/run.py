@@ -73,6 +73,8 @@ def shortcut(cmd: str, tmpdir: str | None = None) -> tuple[str, str]:
         return "echo_loop", "%s %s/echo_loop.py%s" % (PY, HERE, extra)
     if name in ("passthrough", "sdk"):
         return "sdk-passthrough", "%s %s/passthrough.py%s" % (PY, HERE, extra)
+    if name in ("passthrough-lines", "sdk-lines"):
+        return "sdk-per-line", "%s %s/passthrough.py --per-line%s" % (PY, HERE, extra)
     if name == "senderscore":
         return "filter-senderscore", "%s/filter-senderscore%s" % (
             LIBEXEC, extra or " -junkBelow 80 -scoreHeader")
@@ -945,6 +947,8 @@ def mode_suite(a, out: Output) -> int:
     small = dict(size=None, lines=50, sessions=n50, repeats=rep, window=0)
     if have_sdk:
         results["100k_sdk_vs_echo"] = mode_against(with_(big), out, "@passthrough", "@echo")
+        results["100k_sdk_per_line_vs_echo"] = mode_against(
+            with_(big, repeats=max(3, rep - 2)), out, "@passthrough-lines", "@echo")
         results["100k_sdk_vs_senderscore"] = mode_against(
             with_(big, repeats=max(3, rep - 2)), out, "@passthrough", "@senderscore")
     results["100k_echo_vs_senderscore"] = mode_against(
@@ -985,6 +989,10 @@ def print_targets(results: dict) -> None:
     if r is not None:
         print("SDK passthrough / echo_loop, 100 KB stream, lines/s: %.3f (target >= 0.70): %s"
               % (r, "PASS" if r >= 0.70 else "FAIL"))
+    r, c = ratio("100k_sdk_per_line_vs_echo")
+    if r is not None:
+        print("SDK with a Python callback per line / echo_loop, 100 KB stream, lines/s: %.3f "
+              "(no target: the price of calling user code for every line)" % r)
     r, c = ratio("100k_sdk_vs_senderscore")
     if c.get("skipped"):
         print("SDK passthrough / filter-senderscore: skipped: %s" % c["skipped"])
