@@ -181,9 +181,15 @@ class Verdict:
         return self.source in ("smtpd", "dns")
 
 
+_V4_CHARS = frozenset("0123456789.")
+
+
 def _is_ip_literal(name: str) -> bool:
+    text = name.strip("[]")
+    if ":" not in text and not _V4_CHARS.issuperset(text):
+        return False  # the common case, without an exception
     try:
-        ipaddress.ip_address(name.strip("[]"))
+        ipaddress.ip_address(text.partition("%")[0])
         return True
     except ValueError:
         return False
@@ -261,6 +267,7 @@ class RDNS:
         )
         self.admd: str | None = None
         self._ips: dict[str, tuple[IP, str]] = {}
+        self._views: dict[tuple[str | None, str | None], FCrDNS | None] = {}
 
     def _ttl_for(self, result: FCrDNS) -> float:
         return 0.0 if result.result == "temperror" else self.opts.cacheTTL
@@ -280,7 +287,7 @@ class RDNS:
         as ``<unknown>``/``fail``, indistinguishable from a real NXDOMAIN, so
         a permanent refusal is only made on our own conclusive answer."""
         if iprev is _UNSET:
-            iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
+            iprev = self.smtpd_view(session)
         if iprev is None:
             return True
         if iprev.result == "permerror" and not iprev.detail.startswith("no PTR name"):
@@ -288,6 +295,19 @@ class RDNS:
         if iprev.result == "fail":
             return self.opts.noFcrdns != "none"
         return False
+
+    def smtpd_view(self, session: Any) -> FCrDNS | None:
+        """smtpd's link-connect result as iprev (None: it had a DNS error)."""
+        data = session.data
+        if "rdns.smtpd" not in data:
+            key = (session.rdns, session.fcrdns)
+            view = self._views.get(key, _UNSET)
+            if view is _UNSET:
+                if len(self._views) >= 65536:
+                    self._views.clear()
+                view = self._views[key] = iprev_from_smtpd(*key)
+            data["rdns.smtpd"] = view
+        return data["rdns.smtpd"]
 
     def client(self, src: Any) -> tuple[IP, str] | None:
         """(address, cache key) of a session's source, memoised by its text."""
@@ -330,7 +350,7 @@ class RDNS:
         ip, key = found
         if self.allowlist is not None and ip in self.allowlist.current:
             return Verdict(ip, FCrDNS("none"), "allowlist", reason="allowlisted address")
-        iprev = iprev_from_smtpd(session.rdns, session.fcrdns)
+        iprev = self.smtpd_view(session)
         source = "smtpd"
         if self.needs_dns(session, iprev):
             iprev = self.cache.peek(key) or await self.cache.get(key, lambda: self.resolver.fcrdns(key))
