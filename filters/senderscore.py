@@ -94,6 +94,12 @@ class Score:
         return f"score=none ({why})"
 
 
+_NOADDR = Score(None, "noaddr")
+_LOCAL = Score(None, "local")
+_IPV6 = Score(None, "ipv6")
+_ALLOWLISTED = Score(100, "allowlist")
+
+
 def score_from_answer(status: str, values: Sequence[str], detail: str = "") -> Score:
     """What a SenderScore DNS answer means.  Only ``127.0.4.N`` with
     N <= 100 is a score; several answers must agree."""
@@ -186,6 +192,7 @@ class SenderScore:
         self.cache: VerdictCache[str, Score] = VerdictCache(
             ttl=opts.cacheTTL, maxsize=200_000, ttl_for=self._ttl_for
         )
+        self._ips: dict[str, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = {}
         self._last_warning = float("-inf")
         self._suppressed = 0
 
@@ -203,24 +210,38 @@ class SenderScore:
 
     # -- scoring ---------------------------------------------------------
 
+    def client(self, src: Any) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str] | None:
+        """(address, cache key) of a session's source, memoised by its text."""
+        host = src.host
+        found = self._ips.get(host)
+        if found is None:
+            ip = client_ip(src)
+            if ip is None:
+                return None
+            if len(self._ips) >= 65536:
+                self._ips.clear()
+            found = self._ips[host] = (ip, str(ip))
+        return found
+
     def immediate(self, session: Any) -> Score | None:
         """The score if no lookup is needed (local, IPv6, allowlist, test
         mode, cached); None when DNS must be asked."""
         src = session.src
         if src is None:
-            return Score(None, "noaddr")
+            return _NOADDR
         if src.is_local:
-            return Score(None, "local")
-        ip = client_ip(src)
-        if ip is None:
+            return _LOCAL
+        found = self.client(src)
+        if found is None:
             return Score(None, "noaddr", str(src))
+        ip, key = found
         if self.allowlist is not None and ip in self.allowlist.current:
-            return Score(100, "allowlist")
+            return _ALLOWLISTED
         if ip.version == 6:
-            return Score(None, "ipv6")
+            return _IPV6
         if self.opts.testMode:
             return test_mode_score(ip)
-        return self.cache.peek(str(ip))
+        return self.cache.peek(key)
 
     def prefetch(self, session: Any) -> None:
         """Start the lookup at link-connect, so that it runs while smtpd
@@ -231,8 +252,10 @@ class SenderScore:
             asyncio.get_running_loop()
         except RuntimeError:
             return  # driven without a running loop (tests): connect looks it up
-        ip = str(client_ip(session.src))
-        self.cache.start(ip, lambda: self.lookup(ip))
+        found = self.client(session.src)
+        if found is not None:
+            key = found[1]
+            self.cache.start(key, lambda: self.lookup(key))
 
     async def score(self, session: Any) -> Score:
         known = session.data.get(KEY)
@@ -240,8 +263,8 @@ class SenderScore:
             return known
         score = self.immediate(session)
         if score is None:
-            ip = str(client_ip(session.src))
-            score = await self.cache.get(ip, lambda: self.lookup(ip))
+            key = self.client(session.src)[1]  # type: ignore[index]  (immediate() checked it)
+            score = await self.cache.get(key, lambda: self.lookup(key))
         session.data[KEY] = score
         return score
 
