@@ -117,6 +117,8 @@ class GoFlags:
             head = f"  -{flag.name}" + (f" {flag.metavar}" if flag.kind != "bool" else "")
             lines.append(head)
             text = flag.help
+            if flag.kind == "choice" and flag.metavar != "|".join(flag.choices):
+                text += ": " + ", ".join(flag.choices)
             if flag.aliases:
                 text += " (also -" + ", -".join(flag.aliases) + ")"
             if flag.kind != "bool" and flag.default not in ("", None):
