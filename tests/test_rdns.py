@@ -435,3 +435,15 @@ def test_smtpd_filter_check_is_clean_for_every_dialect(dns_server, flags):
     bad = [f.format() for f in result.findings if f.severity in ("FATAL", "HANG")]
     assert not bad, bad
     assert {f.rule for f in result.findings} <= {"legacy-truncation"}
+
+
+@given(st.lists(st.text(max_size=30), max_size=8))
+def test_any_regex_file_loads_or_names_its_bad_line(lines):
+    try:
+        pats = rdns.load_patterns(lines, "re.txt")
+    except ListFileError as exc:
+        assert exc.source == "re.txt" and 1 <= exc.line <= len(lines)
+        assert str(exc).startswith(f"re.txt:{exc.line}: bad regular expression")
+    else:
+        assert all(p.where.startswith("re.txt:") for p in pats)
+        assert len(pats) <= len(lines)

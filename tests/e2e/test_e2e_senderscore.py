@@ -280,3 +280,13 @@ def test_an_unknown_flag_is_a_one_line_usage_error_in_smtpds_log(bare_smtpd_fact
         bare_smtpd_factory(["py-filter-senderscore -junkbelow 5"])
     text = str(exc.value)
     assert "f1: py-filter-senderscore: flag provided but not defined: -junkbelow (usage: py-filter-senderscore" in text
+
+
+def test_a_bad_allowlist_line_is_named_in_smtpds_log(bare_smtpd_factory, e2e_runtime):
+    d = e2e_runtime.new_dir("senderscore-bad")
+    bad = d / "allowlist"
+    bad.write_text("192.0.2.0/24\n# fine so far\n192.0.2.0/40\n")
+    bad.chmod(0o644)
+    with pytest.raises(RuntimeError) as exc:
+        bare_smtpd_factory([f"py-filter-senderscore -allowlist {bad}"])
+    assert f"f1: py-filter-senderscore: {bad}:3: prefix length 40 is longer than 32" in str(exc.value)
