@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         names = our_scripts() or sorted(p.name for p in bindir.glob(PREFIX + "*"))
         if a.remove:
             names = sorted(set(names) | {p.name for p in libexec.glob(PREFIX + "*")})
-    if not names:
+    if not names or (not a.remove and not any((bindir / n).exists() for n in names)):
         ap.error(f"no {PREFIX}* scripts found in {bindir}; give --bindir DIR")
     if a.remove:
         return remove(libexec, names, a.dry_run)

@@ -732,7 +732,7 @@ class DNSServer:
                 t = dns.message.make_response(q, our_payload=4096)
                 t.flags |= dns.flags.AA | dns.flags.RA | dns.flags.TC
                 return delay, t.to_wire()
-        return delay, r.to_wire()
+        return delay, r.to_wire(max_size=65535)  # TCP: the client's EDNS size does not apply
 
     @staticmethod
     def _add_soa(r: dns.message.Message, zone: _Compiled) -> None:
