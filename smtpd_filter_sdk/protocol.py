@@ -541,23 +541,36 @@ EVENT_PARSERS: dict[str, Callable[[bytes | None, Rules], EventParams]] = {
 assert set(EVENT_PARSERS) == set(REPORT_EVENTS)
 
 
-def parse_report(line: bytes) -> Report:
-    """``report|VER|TS|SUBSYSTEM|EVENT|SID[|PARAMS…]``."""
+#: Names as they arrive, decoded once.
+_EVENT_NAMES = {name.encode(): name for name in REPORT_EVENTS}
+_SUBSYSTEM_NAMES = {name.encode(): name for name in SUBSYSTEMS}
+
+
+def split_report(line: bytes) -> tuple[list[bytes], str, str, EventParams]:
+    """The fields of a report line, its subsystem, event and typed params,
+    without building a ``Report`` (the runtime's path for events only the
+    session state needs)."""
     parts = line.split(b"|", 6)
     if len(parts) < 6 or parts[0] != b"report":
         raise ProtocolError("a report needs at least 6 fields")
     rules = rules_for(parts[1])
     if rules is None:
         raise ProtocolError("bad protocol version")
-    event = decode_field(parts[4])
-    parser = EVENT_PARSERS.get(event)
-    if parser is None:
-        raise ProtocolError(f"unknown report event {event!r}")
-    params = parser(parts[6] if len(parts) == 7 else None, rules)
+    event = _EVENT_NAMES.get(parts[4])
+    if event is None:
+        raise ProtocolError(f"unknown report event {decode_field(parts[4])!r}")
+    subsystem = _SUBSYSTEM_NAMES.get(parts[3]) or decode_field(parts[3])
+    params = EVENT_PARSERS[event](parts[6] if len(parts) == 7 else None, rules)
+    return parts, subsystem, event, params
+
+
+def parse_report(line: bytes) -> Report:
+    """``report|VER|TS|SUBSYSTEM|EVENT|SID[|PARAMS…]``."""
+    parts, subsystem, event, params = split_report(line)
     return Report(
         decode_field(parts[1]),
         decode_field(parts[2]),
-        decode_field(parts[3]),
+        subsystem,
         event,
         decode_field(parts[5]),
         params,

@@ -245,17 +245,23 @@ class Engine:
     # -- reports -----------------------------------------------------------
 
     def _report(self, line: bytes) -> None:
-        report = p.parse_report(line)
-        session = self.sessions.get(report.session, report.subsystem)
-        if report.subsystem == "smtp-in":
-            apply_report(session, report.params)
-        for handler in self._report_handlers.get((report.subsystem, report.event), ()):
-            self._call_report_handler(handler, session, report)
-        if report.event == "link-disconnect":
-            self._forget(report.session)
-        elif report.event == "tx-reset":
-            self._verdicts.pop(report.session, None)
-            self._drop_stream(report.session.encode())
+        parts, subsystem, event, params = p.split_report(line)
+        sid = p.decode_field(parts[5])
+        session = self.sessions.get(sid, subsystem)
+        if subsystem == "smtp-in":
+            apply_report(session, params)
+        handlers = self._report_handlers.get((subsystem, event))
+        if handlers:  # the full record only when someone looks at it
+            report = p.Report(
+                p.decode_field(parts[1]), p.decode_field(parts[2]), subsystem, event, sid, params
+            )
+            for handler in handlers:
+                self._call_report_handler(handler, session, report)
+        if event == "link-disconnect":
+            self._forget(sid)
+        elif event == "tx-reset":
+            self._verdicts.pop(sid, None)
+            self._drop_stream(parts[5])
 
     def _call_report_handler(self, handler: Handler, session: Session, report: p.Report) -> None:
         if handler.is_async:
