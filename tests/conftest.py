@@ -30,7 +30,7 @@ settings.register_profile("dev", max_examples=20, deadline=None, suppress_health
 settings.register_profile(
     "ci",
     settings.get_profile("ci"),
-    max_examples=160,
+    max_examples=300,
     stateful_step_count=60,
     deadline=None,
     derandomize=True,

@@ -232,7 +232,7 @@ class Oracle:
                 msg.input_ended = True
             else:
                 msg.inputs.append(payload)
-        if line.closes:
+        if (line.closes or (line.kind == "report" and line.name == "link-disconnect")) and not st.closed:
             st.closed = True
             while st.queue:
                 pending = st.queue.popleft()
@@ -478,9 +478,11 @@ class Driver:
         self.oracle = Oracle(stream, expect_registration=expect_registration)
         self.forced: set[str] = set()
         self.fed = 0
+        self.written: list[bytes] = []  # everything the filter wrote, in order
 
     def _take(self) -> list[bytes]:
         out, self.engine.out = self.engine.out, []
+        self.written.extend(out)
         return out
 
     def _feed(self, chunk: bytes, lines: Sequence[Line]) -> None:

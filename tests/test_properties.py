@@ -498,7 +498,7 @@ def test_chunking_does_not_change_output(spec: Spec, data: st.DataObject, chunks
         driver.run(chunking, [False])
         driver.close()
         driver.oracle.check()
-        outputs.append(driver.oracle.outputs)
+        outputs.append(driver.written)
     assert outputs[0] == outputs[1]
 
 

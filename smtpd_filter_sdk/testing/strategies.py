@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from hypothesis import strategies as st
 
@@ -1077,7 +1077,7 @@ MUTATIONS = ("truncate", "unknown-name", "bad-version", "future-version", "drop-
 
 
 def _damage(line: Line, raw: bytes) -> Line:
-    return replace(line, raw=raw, damaged=True, waits=False, closes=False)
+    return replace(line, raw=raw, damaged=True, waits=False)  # closes: see _keep_closes
 
 
 def _mutate(lines: list[Line], kind: str, rng: random.Random, junk: bytes) -> tuple[list[Line], bytes]:
@@ -1195,7 +1195,25 @@ def corrupted_streams(draw: Any, dialect: str | st.SearchStrategy[str] | None = 
     for kind in kinds:
         lines, new_tail = _mutate(lines, kind, rng, junk)
         tail = tail or new_tail
-    return replace(base, lines=tuple(lines), corrupted=True, mutations=tuple(kinds), tail=tail)
+    return replace(base, lines=tuple(_keep_closes(base.lines, lines)), corrupted=True, mutations=tuple(kinds),
+                   tail=tail)
+
+
+def _keep_closes(before: Sequence[Line], after: list[Line]) -> list[Line]:
+    """smtpd let go of a session when it wrote the first line of its
+    teardown; if that line got damaged, the moment is still there: the
+    session's next intact line carries ``closes`` (damaged lines carry none)."""
+    out: list[Line] = []
+    moving: set[str] = set()
+    for line in after:
+        if line.damaged and line.closes:
+            moving.add(line.sid or "")
+            line = replace(line, closes=False)
+        elif line.sid in moving and not line.damaged:
+            moving.discard(line.sid)
+            line = replace(line, closes=True)
+        out.append(line)
+    return out
 
 
 # --------------------------------------------------------------------------
