@@ -292,6 +292,13 @@ class Engine:
     def _request(self, line: bytes) -> None:
         req = p.parse_request(line)
         session = self.sessions.get(req.session)
+        try:
+            self._dispatch(req, session)
+        except Exception as exc:  # noqa: BLE001 - a request that names its ids gets its answer
+            self._answer(req, session, self._failure(req, session, f"unusable request ({exc})"))
+
+    def _dispatch(self, req: p.Request, session: Session) -> None:
+        """Run the phase's handlers; raises only before anything was answered."""
         if req.phase == "connect":
             params = req.connect_params()
             session.remember_connect(params.rdns, params.src)

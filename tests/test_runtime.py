@@ -503,3 +503,12 @@ def test_async_data_line_handler_is_refused():
 
     with pytest.raises(TypeError):
         Filter("t").on_data_line(line)
+
+
+def test_a_request_with_usable_ids_but_a_broken_parameter_is_still_answered(capfd):
+    f = Filter("t", on_error="fail-closed")
+    f.on("connect")(lambda s, rdns, src: None)
+    d = Driven(f)
+    out = d.send(d.wire.request(TS, "connect", SID, TOK, "no-pipe-here"))
+    assert out == [b"filter-result|%s|%s|disconnect|421 4.7.0 Temporary filter failure, try again later" % (SID.encode(), TOK.encode())]
+    assert "unusable request" in capfd.readouterr().err
