@@ -46,17 +46,21 @@ CI_MIN_PROTOCOL_LINES = 100_000
 _LINE_COUNTING = ("test_properties.py", "test_stateful.py")
 
 
+def _in_ci() -> bool:
+    try:  # the same detection hypothesis uses for its own ci profile
+        from hypothesis._settings import is_in_ci
+    except ImportError:  # pragma: no cover - older/newer hypothesis
+        return bool(os.environ.get("CI"))
+    return is_in_ci()
+
+
 def _wanted_profile(config: pytest.Config) -> str:
     chosen = config.getoption("--hypothesis-profile", default=None)
-    if chosen:
-        return chosen
-    from hypothesis._settings import is_in_ci
-
-    return "ci" if (os.environ.get("CI") or is_in_ci()) else "dev"
+    return chosen or ("ci" if _in_ci() else "dev")
 
 
 # Loaded at import too, so modules imported before pytest_configure see it.
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.load_profile("ci" if _in_ci() else "dev")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,6 +102,7 @@ def _floor_applies(config: pytest.Config) -> bool:
         and not config.getoption("keyword", default="")
         and not config.getoption("markexpr", default="")
         and not config.getoption("exitfirst", default=False)
+        and not config.getoption("collectonly", default=False)
     )
 
 
@@ -109,7 +114,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     fed = _lines_fed()
-    if not fed and not config._smtpd_line_tests["collected"]:  # type: ignore[attr-defined]
+    if not fed and not _floor_applies(config):
         return
     profile = settings.get_current_profile_name()
     terminalreporter.section("protocol lines", sep="-")
