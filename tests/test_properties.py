@@ -464,8 +464,19 @@ def test_reports_and_requests_parse_as_sent(data: st.DataObject) -> None:
     spec.reports.update({("smtp-out", e): ("sync",) for e in REPORT_EVENTS})
     filt = build(spec)
     requests: list[tuple[str, str, tuple[Any, ...]]] = []
+    snapshots: list[tuple[Any, ...]] = []
+
+    def snapshot(session: Any) -> tuple[Any, ...]:
+        tx = session.tx
+        return (session.rdns, session.helo, session.auth_user, session.auth_result,
+                None if tx is None else (tx.msgid, tx.mail_from, [(r.address, r.result) for r in tx.rcpts]))
+
+    def record(session: Any, *args: Any, _ph: str = "") -> None:
+        requests.append((session.id, _ph, args))
+        snapshots.append(snapshot(session))
+
     for phase in REQUEST_PHASES:
-        filt.on(phase)(lambda session, *args, _ph=phase: requests.append((session.id, _ph, args)))
+        filt.on(phase)(lambda session, *args, _ph=phase: record(session, *args, _ph=_ph))
     stream = data.draw(sst.streams(registered=filt, long_lines=False), label="stream")
     note(spec.short())
     driver = Driver(filt, stream)
@@ -485,6 +496,35 @@ def test_reports_and_requests_parse_as_sent(data: st.DataObject) -> None:
             assert (args[0], str(args[1])) == tuple(decode_field(f) for f in line.fields)
         else:
             assert args == tuple(decode_field(f) for f in line.fields)
+    # What a handler's session knows = what smtpd reported before the request.
+    want: dict[str, dict[str, Any]] = {}
+    expected: list[tuple[Any, ...]] = []
+    for line in stream.lines:
+        if line.subsystem != "smtp-in" or line.sid is None:
+            continue
+        st_ = want.setdefault(line.sid, {"rdns": None, "helo": None, "user": None, "result": None, "tx": None})
+        f = [decode_field(x) for x in line.fields]
+        if line.kind == "request":
+            if line.name == "connect" and st_["rdns"] is None:
+                st_["rdns"] = f[0]
+            tx = st_["tx"]
+            expected.append((st_["rdns"], st_["helo"], st_["user"], st_["result"],
+                             None if tx is None else (tx[0], tx[1], list(tx[2]))))
+        elif line.name == "link-connect":
+            st_["rdns"] = f[0]
+        elif line.name == "link-identify":
+            st_["helo"] = f[1]
+        elif line.name == "link-auth":
+            st_["user"], st_["result"] = f
+        elif line.name == "tx-begin":
+            st_["tx"] = (f[0], None, [])
+        elif line.name == "tx-mail":
+            st_["tx"] = (f[0], f[2], st_["tx"][2] if st_["tx"] and st_["tx"][0] == f[0] else [])
+        elif line.name == "tx-rcpt":
+            st_["tx"][2].append((f[2], f[1]))
+        elif line.name == "tx-reset":
+            st_["tx"] = None
+    assert snapshots == expected
 
 
 @given(spec=specs(reports=False), data=st.data(), chunks=chunkings)
