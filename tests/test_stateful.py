@@ -23,7 +23,7 @@ from smtpd_filter_sdk.testing.strategies import Line, Stream
 from smtpd_filter_sdk.testing.wire import DIALECTS, Wire
 
 from smtpd_oracle import Driver
-from test_properties import Spec, build, specs
+from filter_specs import Spec, build, specs
 
 
 @dataclass

@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -50,6 +50,7 @@ from .wire import DIALECTS, Wire
 __all__ = [
     "Line",
     "Stream",
+    "MessageStream",
     "SessionScript",
     "Transaction",
     "dialects",
@@ -1195,11 +1196,11 @@ def corrupted_streams(draw: Any, dialect: str | st.SearchStrategy[str] | None = 
     for kind in kinds:
         lines, new_tail = _mutate(lines, kind, rng, junk)
         tail = tail or new_tail
-    return replace(base, lines=tuple(_keep_closes(base.lines, lines)), corrupted=True, mutations=tuple(kinds),
+    return replace(base, lines=tuple(_keep_closes(lines)), corrupted=True, mutations=tuple(kinds),
                    tail=tail)
 
 
-def _keep_closes(before: Sequence[Line], after: list[Line]) -> list[Line]:
+def _keep_closes(after: list[Line]) -> list[Line]:
     """smtpd let go of a session when it wrote the first line of its
     teardown; if that line got damaged, the moment is still there: the
     session's next intact line carries ``closes`` (damaged lines carry none)."""
