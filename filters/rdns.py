@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from smtpd_filter_sdk import Filter, disconnect, junk, reject
-from smtpd_filter_sdk.dns import FCrDNS, Resolver, VerdictCache, parse_nameserver
-from smtpd_filter_sdk.goflags import GoFlags, Options
+from smtpd_filter_sdk.dns import FCrDNS, Resolver, VerdictCache, check_nameservers
+from smtpd_filter_sdk.goflags import GoFlags, Options, lookup_timeout, non_negative
 from smtpd_filter_sdk.netaddr import (
     IP,
     CIDRList,
@@ -225,29 +225,13 @@ def flags() -> GoFlags:
     g.bool("bypassAuth", False, "apply the verdict at MAIL FROM, and not to authenticated sessions")
     g.bool("header", False, "add 'X-rDNS: RESULT; ip=IP; ptr=NAME' to every message")
     g.bool("authResults", False, "add 'Authentication-Results: ADMD; iprev=RESULT ...' to every message")
-    g.float("timeout", 2.0, "seconds a DNS lookup may take", validate=_timeout)
-    g.float("cacheTTL", 300.0, "seconds our own FCrDNS results are cached per IP (0: no cache)", validate=_non_negative)
-    g.string("resolver", "", "resolver to ask, HOST[:PORT][,...] (default: /etc/resolv.conf)", metavar="HOST[:PORT]", validate=_resolvers)
+    g.float("timeout", 2.0, "seconds a DNS lookup may take", validate=lookup_timeout)
+    g.float("cacheTTL", 300.0, "seconds our own FCrDNS results are cached per IP (0: no cache)", validate=non_negative)
+    g.string("resolver", "", "resolver to ask, HOST[:PORT][,...] (default: /etc/resolv.conf)", metavar="HOST[:PORT]", validate=check_nameservers)
     g.bool("dryRun", False, "log decisions but always proceed")
     return g
 
 
-def _timeout(value: float) -> float:
-    if not 0 < value <= 60:
-        raise ValueError("between 0 and 60 seconds")
-    return value
-
-
-def _non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def _resolvers(value: str) -> str:
-    for part in value.split(","):
-        parse_nameserver(part)
-    return value
 
 
 class RDNS:

@@ -52,8 +52,8 @@ from typing import Any, Sequence
 
 from smtpd_filter_sdk import Filter, disconnect, junk
 from smtpd_filter_sdk.filter import REQUEST_PHASES
-from smtpd_filter_sdk.dns import Resolver, VerdictCache, dnsbl_name, parse_nameserver
-from smtpd_filter_sdk.goflags import GoFlags, Options
+from smtpd_filter_sdk.dns import Resolver, VerdictCache, check_nameservers, dnsbl_name
+from smtpd_filter_sdk.goflags import GoFlags, Options, lookup_timeout, non_negative
 from smtpd_filter_sdk.netaddr import CIDRList, ListFile, ListFileError, client_ip
 
 PROG = "py-filter-senderscore"
@@ -132,27 +132,9 @@ def test_mode_score(ip: ipaddress.IPv4Address) -> Score:
 # Flags
 
 
-def positive_timeout(value: float) -> float:
-    if not 0 < value <= 60:
-        raise ValueError("between 0 and 60 seconds")
-    return value
-
-
-def non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
 def slow_factor(value: int) -> int:
     if value > 600_000:
         raise ValueError("at most 600000 ms")
-    return value
-
-
-def resolver_list(value: str) -> str:
-    for part in value.split(","):
-        parse_nameserver(part)
     return value
 
 
@@ -165,9 +147,9 @@ def flags() -> GoFlags:
     g.bool("scoreHeader", False, "add 'X-SenderScore: N' to every message")
     g.string("allowlist", "", "file of IPv4/IPv6 addresses and CIDRs scored 100, never looked up", metavar="FILE", aliases=("whitelist",))
     g.bool("testMode", False, "no DNS: the score is the client address's last octet (.255: unknown)")
-    g.float("timeout", 2.0, "seconds a lookup may take", validate=positive_timeout)
+    g.float("timeout", 2.0, "seconds a lookup may take", validate=lookup_timeout)
     g.float("cacheTTL", 3600.0, "seconds a score is cached per IP (0: no cache)", validate=non_negative)
-    g.string("resolver", "", "resolver to ask, HOST[:PORT][,...] (default: /etc/resolv.conf)", metavar="HOST[:PORT]", validate=resolver_list)
+    g.string("resolver", "", "resolver to ask, HOST[:PORT][,...] (default: /etc/resolv.conf)", metavar="HOST[:PORT]", validate=check_nameservers)
     g.bool("dryRun", False, "log decisions but always proceed, never delay")
     return g
 

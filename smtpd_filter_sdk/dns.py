@@ -48,8 +48,8 @@ import socket
 import struct
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Hashable, Iterable, Sequence, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
 
 import dns.asyncquery
 import dns.exception
@@ -841,3 +841,11 @@ def _consume(task: asyncio.Future[Any]) -> None:
     # retrieved": its waiters (if any) got the exception already.
     if not task.cancelled():
         task.exception()
+
+
+def check_nameservers(value: str) -> str:
+    """A ``-resolver`` flag value, ``HOST[:PORT][,...]``; raises ValueError
+    naming the bad part."""
+    for part in value.split(","):
+        parse_nameserver(part)
+    return value

@@ -212,3 +212,20 @@ class GoFlags:
         line = f"{self.prog}: {message} (usage: {self.synopsis()})"
         print(line.replace("\n", " "), file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+# -- validators shared by the filters' flags ------------------------------------
+
+
+def lookup_timeout(value: float) -> float:
+    """A per-lookup deadline in seconds: positive, and far below any SMTP
+    client's patience."""
+    if not 0 < value <= 60:
+        raise ValueError("between 0 and 60 seconds")
+    return value
+
+
+def non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
