@@ -147,9 +147,13 @@ class Engine:
             # filter|VER|TS|smtp-in|data-line|SID|TOK|payload: the answer is
             # b"filter-dataline|" + everything after the 5th "|" (SID-first
             # versions), so one bounded split is all the parsing needed.
-            parts = line.split(b"|", 5)
-            if len(parts) == 6 and parts[4] == b"data-line" and parts[0] == b"filter":
-                rest = parts[5]
+            try:
+                head, _, _, _, phase, rest = line.split(b"|", 5)
+            except ValueError:  # fewer fields: config lines, garbage
+                ids = b"\n"
+                handle(line)
+                continue
+            if phase == b"data-line" and head == b"filter":
                 if not rest.startswith(ids):
                     fast = fast_get(rest[:_FAST_KEY])
                     if fast is None or not rest.startswith(fast[0]):
