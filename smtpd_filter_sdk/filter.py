@@ -110,7 +110,12 @@ class Filter:
         """Handle filter requests.  The handler gets ``(session, *params)``:
         connect ``(session, rdns, src)``; helo/ehlo ``(session, identity)``;
         auth ``(session, argument)``; mail-from/rcpt-to ``(session, address)``;
-        the others ``(session)``.  It returns a decision, or None to proceed."""
+        the others ``(session)``.  It returns a decision, or None to proceed.
+
+        ``async def`` handlers run as tasks under the filter's deadline.  A
+        plain handler may also return an awaitable for its slow path (answer
+        a cache hit at once, ``return self.lookup(...)`` on a miss): only the
+        slow path then pays for a task."""
         if not phases:
             raise TypeError("name at least one phase")
         for phase in phases:

@@ -18,6 +18,7 @@ Guarantees kept here, whatever a handler does:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import select
 import signal
@@ -316,38 +317,54 @@ class Engine:
         if verdict is not None and not isinstance(verdict, Proceed):
             self._answer(req, session, verdict)  # the message was already refused
             return
-        if not any(h.is_async for h in handlers):
-            self._answer(req, session, self._run_sync_chain(req, session, handlers, args))
-            return
-        self._spawn(session.id, self._run_async_chain(req, session, handlers, args))
+        self._run_chain(req, session, handlers, args)
 
-    def _run_sync_chain(
+    def _run_chain(
         self, req: p.Request, session: Session, handlers: list[Handler], args: tuple[Any, ...]
-    ) -> Decision | None:
-        for handler in handlers:
+    ) -> None:
+        """Ask the handlers in order; the first decision that is not proceed
+        answers.  Plain handlers run inline.  At the first ``async def``
+        handler, or a plain handler that returns an awaitable (its slow
+        path), the rest of the chain continues as a task under the deadline,
+        so a filter can answer its fast path (a cache hit) without a task."""
+        for i, handler in enumerate(handlers):
             try:
-                decision = self._checked(req, session, handler.fn(session, *args))
+                result = handler.fn(session, *args)
+                if inspect.isawaitable(result):
+                    self._spawn(
+                        session.id,
+                        self._finish_chain(req, session, result, handlers[i + 1 :], args),
+                        also_close=result,
+                    )
+                    return
+                decision = self._checked(req, session, result)
             except Exception as exc:  # noqa: BLE001
-                return self._failure(req, session, f"handler raised {exc!r}")
-            if decision is None or isinstance(decision, Proceed):
-                continue
-            return decision
-        return None
+                self._answer(req, session, self._failure(req, session, f"handler raised {exc!r}"))
+                return
+            if decision is not None and not isinstance(decision, Proceed):
+                self._answer(req, session, decision)
+                return
+        self._answer(req, session, None)
 
-    async def _run_async_chain(
-        self, req: p.Request, session: Session, handlers: list[Handler], args: tuple[Any, ...]
+    async def _finish_chain(
+        self,
+        req: p.Request,
+        session: Session,
+        pending: Any,
+        handlers: list[Handler],
+        args: tuple[Any, ...],
     ) -> None:
         decision: Decision | None = None
         try:
             async with asyncio.timeout(self.filter.deadline):
+                decision = self._checked(req, session, await pending)
                 for handler in handlers:
-                    result = handler.fn(session, *args)
-                    if handler.is_async:
-                        result = await result
-                    decision = self._checked(req, session, result)
                     if decision is not None and not isinstance(decision, Proceed):
                         break
-                    decision = None
+                    result = handler.fn(session, *args)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    decision = self._checked(req, session, result)
         except asyncio.CancelledError:
             if self.sessions.peek(req.session) is None:
                 raise  # session gone: smtpd would ignore an answer anyway
@@ -387,9 +404,14 @@ class Engine:
                 return
         self.out.append(line)
 
-    def _spawn(self, sid: str, coro: Any) -> None:
+    def _spawn(self, sid: str, coro: Any, also_close: Any = None) -> None:
+        """Run ``coro`` as the session's task.  ``also_close``: a handler's
+        coroutine ``coro`` will await; closed if the task ends before it ran
+        (session gone), so it is not reported as never awaited."""
         if self.loop is None:
             coro.close()
+            if inspect.iscoroutine(also_close):
+                also_close.close()
             raise RuntimeError("async handlers need an event loop (Engine(loop=...))")
         task = self.loop.create_task(coro)
         tasks = self._tasks.setdefault(sid, set())
@@ -401,6 +423,8 @@ class Engine:
                 live.discard(t)
                 if not live:
                     del self._tasks[sid]
+            if inspect.iscoroutine(also_close):
+                also_close.close()
             if not t.cancelled() and t.exception() is not None:
                 self.log(f"internal error in handler task: {t.exception()!r}", sid)
 

@@ -512,3 +512,34 @@ def test_a_request_with_usable_ids_but_a_broken_parameter_is_still_answered(capf
     out = d.send(d.wire.request(TS, "connect", SID, TOK, "no-pipe-here"))
     assert out == [b"filter-result|%s|%s|disconnect|421 4.7.0 Temporary filter failure, try again later" % (SID.encode(), TOK.encode())]
     assert "unusable request" in capfd.readouterr().err
+
+
+def test_a_plain_handler_may_return_an_awaitable_for_its_slow_path():
+    cache = {"hit.example": reject(550, "5.7.1 cached")}
+
+    async def slow(name):
+        await asyncio.sleep(0.01)
+        return None if name == "second.example" else reject(550, "5.7.1 looked up " + name)
+
+    f = Filter("t", deadline=1)
+
+    @f.on("helo")
+    def helo(session, name):
+        return cache.get(name) or slow(name)
+
+    @f.on("helo")
+    def second(session, name):  # the chain goes on after the awaited result
+        return reject(550, "5.7.1 second") if name == "second.example" else None
+
+    d = Driven(f)
+    d.engine.feed(d.wire.request(TS, "helo", "s1", TOK, "hit.example") + b"\n")
+    assert d.engine.out and not d.engine.busy  # answered inline: no task for a cache hit
+    out = d.take() + d.send(
+        d.wire.request(TS, "helo", "s2", TOK, "miss.example"),
+        d.wire.request(TS, "helo", "s3", TOK, "second.example"),
+    )
+    assert [line.rsplit(b"|", 1)[1] for line in out] == [
+        b"550 5.7.1 cached",
+        b"550 5.7.1 looked up miss.example",
+        b"550 5.7.1 second",
+    ]
