@@ -207,7 +207,19 @@ class Oracle:
             if line.raw == b"config|ready":
                 self.ready_fed = True
             return
-        if line.damaged or line.sid is None:
+        if line.sid is None:
+            return
+        if line.damaged:
+            st = self.sessions.get(line.sid)
+            if st is not None and st.queue:
+                # fed while a request is pending: smtpd only does that when the
+                # session ends, and a damaged line may still end it for the
+                # filter (a link-disconnect with a CR in its timestamp...):
+                # the answer becomes optional
+                while st.queue:
+                    pending = st.queue.popleft()
+                    pending.released = True
+                    st.released.append(pending)
             return
         st = self.state(line.sid)
         if line.kind == "request":

@@ -42,6 +42,7 @@ class SmtpdMachine(RuleBasedStateMachine):
         super().__init__()
         self.driver: Driver | None = None
         self.model: dict[str, SessionModel] = {}
+        self.used: set[str] = set()
         self.counter = 0
 
     # -- set-up --------------------------------------------------------------
@@ -117,8 +118,10 @@ class SmtpdMachine(RuleBasedStateMachine):
     @rule(target=sessions, n=st.integers(1, 2**64 - 1), rdns=sst.rdns_names(), ends=sst.client_endpoints())
     def open_session(self, n: int, rdns: bytes, ends: tuple[str, str, str]) -> str:
         sid = f"{n:016x}"
-        if sid in self.model or sid in self.driver.oracle.sessions:  # type: ignore[union-attr]
-            sid = f"{(n ^ 0x5a5a) | 1:016x}"
+        while sid in self.used:  # smtpd never reuses a session id
+            n = (n * 6364136223846793005 + 1442695040888963407) % 2**64 or 1
+            sid = f"{n:016x}"
+        self.used.add(sid)
         self.model[sid] = SessionModel(sid)
         src, dest, csrc = ends
         self.push(self.rep(sid, "link-connect", rdns, "pass", src, dest)
