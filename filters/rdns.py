@@ -322,7 +322,21 @@ class RDNS:
             return  # driven without a running loop (tests): connect resolves
         self.cache.start(key, lambda: self.resolver.fcrdns(key))
 
+    def verdict_now(self, session: Any) -> Verdict | None:
+        """The verdict, or None when it waits for a DNS answer not cached yet."""
+        return self._verdict(session, None)
+
     async def verdict(self, session: Any) -> Verdict:
+        v = self.verdict_now(session)
+        if v is not None:
+            return v
+        key = self.client(session.src)[1]  # type: ignore[index]  # verdict_now checked it
+        iprev = await self.cache.get(key, lambda: self.resolver.fcrdns(key))
+        result = self._verdict(session, iprev)
+        assert result is not None
+        return result
+
+    def _verdict(self, session: Any, looked_up: FCrDNS | None) -> Verdict | None:
         src = session.src
         if src is None:
             return Verdict(None, FCrDNS("temperror", detail="no client address"), "noaddr")
@@ -337,7 +351,9 @@ class RDNS:
         iprev = self.smtpd_view(session)
         source = "smtpd"
         if self.needs_dns(session, iprev):
-            iprev = self.cache.peek(key) or await self.cache.get(key, lambda: self.resolver.fcrdns(key))
+            iprev = looked_up or self.cache.peek(key)
+            if iprev is None:
+                return None
             source = "dns"
         assert iprev is not None
         v = Verdict(ip, iprev, source)
@@ -492,8 +508,16 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
         rd.prefetch(session)
 
     @f.on("connect")
-    async def connect(session, rdns, src):
-        v = await rd.verdict(session)
+    def connect(session, rdns, src):
+        # Known at once (smtpd's answer, a cached check, an allowlist hit):
+        # answer inline; otherwise the SDK awaits the lookup under its deadline.
+        v = rd.verdict_now(session)
+        return decide(session, v) if v is not None else decide_later(session)
+
+    async def decide_later(session):
+        return decide(session, await rd.verdict(session))
+
+    def decide(session, v):
         session.data[KEY] = v
         r = v.iprev
         what = f"iprev={r.result}" + (f" ptr={r.name}" if r.name else "") + f" ({v.source})"
