@@ -1009,6 +1009,10 @@ def _interleave(per_session: list[tuple[list[Line], set[int]]], rng: random.Rand
     return out
 
 
+_FUTURE_CONFIG = st.sampled_from([b"config|x-future-key|a|b|c", b"config|smtp-max-line|65535", b"config|empty|",
+                                  b"config|tls|TLSv1.3:ECDHE|x"])
+
+
 @st.composite
 def streams(
     draw: Any,
@@ -1059,7 +1063,10 @@ def streams(
             if line.kind in ("request", "data-line") and line.name != "data-line":
                 assert line.name in phases
     body = _restamp(_interleave(per_session, rng), rng)
-    head = [Line(raw, "config", name=raw.split(b"|")[1].decode(), waits=False) for raw in wire.handshake()]
+    handshake = wire.handshake()
+    if draw(_TENTH) == 0:  # a newer smtpd may announce keys nobody knows yet (protocol.md §1.1)
+        handshake.insert(len(handshake) - 1, draw(_FUTURE_CONFIG))
+    head = [Line(raw, "config", name=raw.split(b"|")[1].decode(), waits=False) for raw in handshake]
     return Stream(dialect, tuple(head + body), phases, events, smtp_out)
 
 
