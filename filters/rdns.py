@@ -70,6 +70,11 @@ from smtpd_filter_sdk.netaddr import (
 )
 
 PROG = "py-filter-rdns"
+
+#: ``make demo`` runs it against a loopback port where nothing answers, so
+#: every lookup of its own fails at once: a DNS error is a tempfail, never a
+#: permanent refusal.
+DEMO = {"args": ["-noRdns", "disconnect", "-header", "-resolver", "127.0.0.1:9", "-timeout", "0.5"]}
 ACTIONS = ("reject", "disconnect", "junk", "none")
 ERROR_ACTIONS = ("tempfail", "junk", "none")
 #: how bad an action is, to pick the worst of several findings

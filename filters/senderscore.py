@@ -57,6 +57,10 @@ from smtpd_filter_sdk.goflags import GoFlags, Options, lookup_timeout, non_negat
 from smtpd_filter_sdk.netaddr import CIDRList, ListFile, ListFileError, client_ip
 
 PROG = "py-filter-senderscore"
+
+#: ``make demo`` runs it in test mode (score = the client address's last
+#: octet, no DNS at all).
+DEMO = {"args": ["-testMode", "-junkBelow", "50", "-scoreHeader"]}
 ZONE = "score.senderscore.com"
 BLOCK_PHASES = ("connect", "helo", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "quit")
 #: every phase whose answer -slowFactor delays: all the SDK can be asked
