@@ -102,7 +102,6 @@ class Engine:
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._phase_handlers = filt.phase_handlers
         self._report_handlers = filt.report_handlers
-        self._legacy_warned = False
         reports, phases = filt.registrations()
         self._reports, self._phases = reports, phases
         self._data_mode = (
