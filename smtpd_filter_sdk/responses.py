@@ -133,6 +133,16 @@ class Report(Decision):
         return b"report|" + encode_field(self.text)
 
 
+#: The decisions the SDK writes.  Only these exact types are taken from a
+#: handler: a subclass could carry a ``wire`` that disagrees with its
+#: ``kind`` and slip past the phase rules.
+DECISION_TYPES = (Proceed, Junk, Reject, Disconnect, Rewrite, Report)
+
+
+def is_decision(value: object) -> bool:
+    return type(value) in DECISION_TYPES
+
+
 # --------------------------------------------------------------------------
 # Constructors (the public, readable way to make decisions)
 

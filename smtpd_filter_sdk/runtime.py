@@ -30,7 +30,7 @@ from . import protocol as p
 from .filter import LEGACY_LINE_CUT, LINE_TOO_LONG, Filter, Handler
 from .log import describe_line
 from .message import Headers, Message, stuff, unstuff
-from .responses import Decision, Proceed, Reject, failure_decision, refusal
+from .responses import Decision, Proceed, Reject, failure_decision, is_decision, refusal
 from .session import Session, SessionTable, apply_report
 
 READ_SIZE = 65536
@@ -380,7 +380,7 @@ class Engine:
         policy's (logged) when it is not one."""
         if result is None:
             return None
-        if not isinstance(result, Decision):
+        if not is_decision(result):
             return self._failure(req, session, f"handler returned {result!r}, not a decision")
         reason = refusal(result, req.phase, self.config)
         if reason:
@@ -674,7 +674,7 @@ class Engine:
     def _message_result(self, stream: _Stream, session: Session, result: Any) -> Decision | None:
         if result is None or stream.failed:
             return None
-        if not isinstance(result, Decision):
+        if not is_decision(result):
             self._message_failed(stream, session, f"returned {result!r}, not a decision")
             return None
         reason = refusal(result, "commit", self.config)

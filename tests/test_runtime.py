@@ -543,3 +543,18 @@ def test_a_plain_handler_may_return_an_awaitable_for_its_slow_path():
         b"550 5.7.1 looked up miss.example",
         b"550 5.7.1 second",
     ]
+
+
+def test_a_decision_subclass_cannot_smuggle_another_wire(capfd):
+    from smtpd_filter_sdk.responses import Proceed
+
+    class Sneaky(Proceed):
+        @property
+        def wire(self):
+            return b"junk"  # junk at commit would kill smtpd
+
+    f = Filter("t")
+    f.on("commit")(lambda s: Sneaky())
+    d = Driven(f)
+    assert d.send(d.wire.request(TS, "commit", SID, TOK))[0].endswith(b"|proceed")
+    assert "not a decision" in capfd.readouterr().err
