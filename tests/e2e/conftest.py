@@ -24,13 +24,12 @@ import pytest
 from e2e_harness import (
     PrerequisiteError,
     Runtime,
-    SmtpdServer,
     build_runtime,
     missing_basics,
     skip_or_fail,
 )
 from e2e_harness import smtpd as _smtpd_mod
-from e2e_harness.smtpd import prerequisites_for
+from e2e_harness.smtpd import server_pool
 
 
 @pytest.fixture(scope="session")
@@ -50,36 +49,7 @@ def e2e_runtime() -> Iterator[Runtime]:
 
 @pytest.fixture(scope="module")
 def smtpd_factory(e2e_runtime: Runtime):
-    servers: list[SmtpdServer] = []
-
-    def make(filters=(), **kw) -> SmtpdServer:
-        if kw.get("tls") or kw.get("submission"):
-            try:
-                prerequisites_for("tls")
-            except PrerequisiteError as e:
-                skip_or_fail(str(e))
-        server = SmtpdServer(e2e_runtime, filters, **kw)
-        servers.append(server)
-        return server.start()
-
-    yield make
-
-    problems = []
-    for s in reversed(servers):
-        was_started = s.proc is not None
-        leftovers = s.stop()
-        if not was_started:
-            continue
-        if s.alive_at_stop is False and not s.expect_exit:
-            problems.append(f"smtpd {s.dir.name} died during the module:\n{s.log_tail()}")
-        if leftovers:
-            listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leftovers)
-            problems.append(
-                f"processes still running 3 s after smtpd {s.dir.name} stopped "
-                f"(filters must exit on EOF; they were killed):\n{listing}"
-            )
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    yield from server_pool(e2e_runtime)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -107,44 +107,9 @@ class BareSmtpdServer(SmtpdServer):
 @pytest.fixture(scope="module")
 def bare_smtpd_factory(e2e_runtime):
     """Like ``smtpd_factory``, for filters named bare (``py-filter-…``)."""
-    from e2e_harness.smtpd import prerequisites_for
-    from e2e_harness import skip_or_fail, PrerequisiteError
+    from e2e_harness.smtpd import server_pool
 
-    servers: list[SmtpdServer] = []
-
-    def make(filters=(), **kw) -> SmtpdServer:
-        if kw.get("tls") or kw.get("submission"):
-            try:
-                prerequisites_for("tls")
-            except PrerequisiteError as e:
-                skip_or_fail(str(e))
-        server = BareSmtpdServer(e2e_runtime, filters, **kw)
-        servers.append(server)
-        try:
-            return server.start()
-        except BaseException:
-            server.expect_exit = True  # the caller gets the error; no second report
-            raise
-
-    yield make
-
-    problems = []
-    for s in reversed(servers):
-        was_started = s.proc is not None
-        already = s.alive_at_stop is not None
-        leftovers = s.stop() if not already else s.leftovers
-        if not was_started:
-            continue
-        if s.alive_at_stop is False and not getattr(s, "expect_exit", False):
-            problems.append(f"smtpd {s.dir.name} died during the module:\n{s.log_tail()}")
-        if leftovers:
-            listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leftovers)
-            problems.append(
-                f"processes still running 3 s after smtpd {s.dir.name} stopped "
-                f"(filters must exit on EOF; they were killed):\n{listing}"
-            )
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    yield from server_pool(e2e_runtime, BareSmtpdServer)
 
 
 def filter_pids(server: SmtpdServer, name: str) -> list[int]:

@@ -10,7 +10,6 @@ score (or NXDOMAIN, 127.255.255.255, SERVFAIL, silence) that address is about.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest

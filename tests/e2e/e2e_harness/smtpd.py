@@ -358,3 +358,48 @@ def prerequisites_for(server_kind: str) -> None:
             raise PrerequisiteError("gcc not found: the TLS shim cannot be built (apt-get install gcc libc6-dev)")
         if not os.access("/usr/libexec/opensmtpd/encrypt", os.X_OK):
             raise PrerequisiteError("/usr/libexec/opensmtpd/encrypt not found (opensmtpd package)")
+
+
+def server_pool(runtime: Runtime, server_class: type[SmtpdServer] = SmtpdServer):
+    """The body of a module-scoped smtpd factory fixture: ``yield from
+    server_pool(...)`` yields ``make(filters, **kw)``; at teardown every server
+    is stopped by PID and the module fails if smtpd died under it or a filter
+    outlived smtpd (filters must exit on EOF)."""
+    import pytest
+
+    from .prereq import PrerequisiteError, skip_or_fail
+
+    servers: list[SmtpdServer] = []
+
+    def make(filters=(), **kw) -> SmtpdServer:
+        if kw.get("tls") or kw.get("submission"):
+            try:
+                prerequisites_for("tls")
+            except PrerequisiteError as e:
+                skip_or_fail(str(e))
+        server = server_class(runtime, filters, **kw)
+        servers.append(server)
+        try:
+            return server.start()
+        except BaseException:
+            server.expect_exit = True  # the caller gets the error; no second report
+            raise
+
+    yield make
+
+    problems = []
+    for s in reversed(servers):
+        was_started = s.proc is not None
+        leftovers = s.stop() if s.alive_at_stop is None else s.leftovers
+        if not was_started:
+            continue
+        if s.alive_at_stop is False and not s.expect_exit:
+            problems.append(f"smtpd {s.dir.name} died during the module:\n{s.log_tail()}")
+        if leftovers:
+            listing = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leftovers)
+            problems.append(
+                f"processes still running 3 s after smtpd {s.dir.name} stopped "
+                f"(filters must exit on EOF; they were killed):\n{listing}"
+            )
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
