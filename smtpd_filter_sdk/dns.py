@@ -401,7 +401,9 @@ def _parse_response(msg: bytes, qname: str, qtype: int) -> Answer:
             return Answer(NODATA)
         ttl = min(t for t, _ in cname)
         min_ttl = ttl if min_ttl is None else min(min_ttl, ttl)
-        name = cname[0][1]
+        # CNAME is a singleton type: dnspython keeps the last of several
+        # (an invalid answer, but a server may send it), with the least TTL.
+        name = cname[-1][1]
     return Answer(ERROR, detail="bad answer: ChainTooLong")
 
 
