@@ -1,7 +1,8 @@
 """The runtime: handshake, dispatch, answers, and the I/O loop.
 
 ``Engine`` is the whole protocol machine without I/O: bytes go in through
-``feed()``, output lines collect in ``engine.out``, async handlers run as tasks
+``feed()``, output collects in ``engine.out`` (``take_lines()`` for tests and
+harnesses), async handlers run as tasks
 on the engine's event loop and add their answers when done (calling
 ``wake()`` so the I/O side flushes).  ``run()`` wires an engine to smtpd's
 socket (stdin and stdout are one AF_UNIX socket): read 64 KiB chunks, dispatch
@@ -23,6 +24,8 @@ import os
 import select
 import signal
 import threading
+from itertools import islice
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,6 +40,38 @@ READ_SIZE = 65536
 #: The hot loop finds a stream by the ``SID|`` that starts a data-line
 #: request's rest; smtpd's session ids are 16 hex digits.
 _FAST_KEY = 17
+#: Shortest run of one pass-through stream's lines answered as a block: below
+#: that, the block's fixed costs outweigh the per-line loop's.
+_RUN_MIN = 16
+#: Every digit read as "0": two data-line heads of one stream differ only in
+#: their digits (the timestamp), so they look alike through this table.
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
+
+#: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
+#: session or None for pass-through, stream).
+_FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
+
+
+def _heads_match(run: list[bytes], model: bytes, marker: bytes) -> bool:
+    """Whether every line of ``run`` starts like ``model``, a data-line head
+    ``filter|VER|TS|smtp-in|data-line|SID|TOK|``, but for the value of its
+    digits, with exactly the SID|TOK| that ends ``marker``
+    (b"|data-line|SID|TOK|").
+
+    Then ``line.split(b"|", 5)`` gives each line the head "filter", the phase
+    "data-line" and a rest starting with SID|TOK|, as it gives ``model``: the
+    facts the per-line loop checks.  Proven in C over the joined heads: with
+    every digit read as 0 they are ``model`` k times (a head is a slice, never
+    longer than ``model``, so each is exactly as long, with "|" and every
+    other non-digit where ``model`` has it); and "|data-line|", which can then
+    only sit at its place in each head, is followed by the right SID|TOK| in
+    each.
+    """
+    k = len(run)
+    width = len(model)
+    heads = b"".join(map(itemgetter(slice(0, width)), run))
+    return heads.translate(_DIGITS_AS_ZERO) == model.translate(_DIGITS_AS_ZERO) * k and heads.count(marker) == k
+
 
 # Data stream modes
 _PASS = 0  # echo lines unchanged (the fast path)
@@ -90,6 +125,8 @@ class Engine:
         self.wake = wake or (lambda: None)
         self.config = p.Config()
         self.sessions = SessionTable()
+        # What is to be written, without newlines: one line per element, or a
+        # block of lines joined by b"\n" (a run answered by ``_run``).
         self.out: list[bytes] = []
         self.registered = False
         self._carry = b""
@@ -97,7 +134,7 @@ class Engine:
         # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, session or
         # None for pass-through, stream) for the streams whose lines the hot
         # loop in feed() handles; kept in step by _set_mode.
-        self._fast: dict[bytes, tuple[bytes, bytes, int, Session | None, _Stream]] = {}
+        self._fast: dict[bytes, _FastEntry] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._phase_handlers = filt.phase_handlers
@@ -121,14 +158,32 @@ class Engine:
         """A chunk of input, split into lines (the last partial one is kept).
 
         Data lines of an open stream in pass-through or line-handler mode are
-        handled right here, without a method call or a record per line: smtpd
-        sends every line of every message, so this loop caps the server.
-        Anything unusual falls through to ``handle_line``.
+        handled without a method call or a record per line (``_scan``), and a
+        long run of one pass-through stream's lines is answered as one block
+        (``_run``): smtpd sends every line of every message, so this caps the
+        server.  Anything unusual falls through to ``handle_line``.
         """
         if self._carry:
             data = self._carry + data
         lines = data.split(b"\n")
         self._carry = lines.pop()
+        fast = None
+        while lines:
+            lines, fast, model = self._scan(lines, fast)
+            if lines:
+                assert fast is not None
+                lines = self._run(lines, fast, model)
+
+    def _scan(
+        self, lines: list[bytes], fast: _FastEntry | None
+    ) -> tuple[list[bytes], _FastEntry | None, bytes]:
+        """Answer ``lines`` one by one, continuing the stream ``fast``.
+
+        Returns early, with the lines not yet looked at, when a pass-through
+        stream begins a run that ``_run`` may answer as a block: then also
+        the stream and the head (``filter|...|SID|TOK|``) of the line that
+        began it, parsed the slow way.
+        """
         handle = self.handle_line
         fast_get = self._fast.get
         out_append = self.out.append
@@ -138,12 +193,12 @@ class Engine:
         # belong to one message, so the dict lookup is skipped for them.
         # Forgotten after anything that may change stream state; b"\n" can
         # never start a line's rest, so it matches nothing.
-        ids = b"\n"
-        dot_rest = b""
-        rest_room = 0
-        session: Session | None = None
-        stream: _Stream | None = None
-        for line in lines:
+        if fast is None:
+            ids, dot_rest, rest_room, session, stream = b"\n", b"", 0, None, None
+        else:
+            ids, dot_rest, rest_room, session, stream = fast
+        it = iter(lines)
+        for line in it:
             # filter|VER|TS|smtp-in|data-line|SID|TOK|payload: the answer is
             # b"filter-dataline|" + everything after the 5th "|" (SID-first
             # versions), so one bounded split is all the parsing needed.
@@ -161,6 +216,9 @@ class Engine:
                         handle(line)
                         continue
                     ids, dot_rest, rest_room, session, stream = fast
+                    if session is None and len(rest) <= rest_room and rest != dot_rest:
+                        out_append(b"filter-dataline|" + rest)
+                        return list(it), fast, line[: len(line) - len(rest) + len(ids)]
                 if len(rest) <= rest_room and rest != dot_rest:
                     if session is None:  # pass-through
                         out_append(b"filter-dataline|" + rest)
@@ -183,6 +241,71 @@ class Engine:
                         continue
             ids = b"\n"
             handle(line)
+        return [], None, b""
+
+    def _run(self, lines: list[bytes], fast: _FastEntry, model: bytes) -> list[bytes]:
+        """Answer the leading run of ``lines`` that continue pass-through stream
+        ``fast`` as one block; returns the lines after it.
+
+        Every line of such a run has the shape of ``model``, the head of the
+        line that began the stream's run: ``filter|VER|TS|smtp-in|data-line|
+        SID|TOK|`` with only the digits differing (smtpd writes fixed-width
+        timestamps), so the answers are the lines' tails after
+        ``filter|VER|TS|smtp-in|data-line|``, joined under b"filter-dataline|".
+        That every line has that shape is proven for the whole run at once by
+        ``_heads_match``; a run that fails the proof, or is short, goes back to
+        ``_scan``, line by line.
+        """
+        ids, _, rest_room, _, _ = fast
+        n = len(lines)
+        if n < _RUN_MIN:
+            return lines
+        width = len(model)
+        start = width - len(ids)  # where the answer's SID|TOK|payload begins
+        marker = b"|data-line|" + ids
+        at = width - len(marker)  # where the marker sits in each line of the run
+        # Where the run probably ends: the last line, or a boundary found by
+        # bisection (a guess when streams alternate; the proof decides).
+        if lines[-1].startswith(marker, at):
+            k = n
+        else:
+            lo, hi = 0, n - 1
+            if not lines[0].startswith(marker, at):
+                return lines
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if lines[mid].startswith(marker, at):
+                    lo = mid
+                else:
+                    hi = mid
+            k = hi
+        if k < _RUN_MIN:
+            return lines
+        lens = list(map(len, islice(lines, k)))
+        # The final "." (the only line that ends the stream) is a one-byte
+        # payload: stop in front of it; other one-byte lines stay in the run.
+        j = 0
+        while True:
+            try:
+                j = lens.index(width + 1, j)
+            except ValueError:
+                break
+            if lines[j].endswith(b"|."):
+                k = j
+                break
+            j += 1
+        if k < _RUN_MIN or max(lens[:k]) > start + rest_room:
+            return lines
+        run = lines[:k]
+        if not _heads_match(run, model, marker):
+            return lines
+        self.out.append(b"filter-dataline|" + b"\nfilter-dataline|".join(map(itemgetter(slice(start, None)), run)))
+        return lines[k:]
+
+    def take_lines(self) -> list[bytes]:
+        """The lines written since the last take, one element each."""
+        out, self.out = self.out, []
+        return b"\n".join(out).split(b"\n") if out else []
 
     def handle_line(self, line: bytes) -> None:
         """One input line, without its newline.  Never raises."""

@@ -32,8 +32,7 @@ class Driven:
 
     def take(self) -> list[bytes]:
         self.loop.run_until_complete(self.engine.settle())
-        out, self.engine.out = self.engine.out, []
-        return out
+        return self.engine.take_lines()
 
     def close(self) -> None:
         self.engine.eof()

@@ -493,7 +493,7 @@ class Driver:
         self.written: list[bytes] = []  # everything the filter wrote, in order
 
     def _take(self) -> list[bytes]:
-        out, self.engine.out = self.engine.out, []
+        out = self.engine.take_lines()
         self.written.extend(out)
         return out
 

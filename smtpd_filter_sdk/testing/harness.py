@@ -148,8 +148,7 @@ class EngineTransport:
         self.engine.feed(data)
 
     def _take(self) -> list[bytes]:
-        out, self.engine.out = self.engine.out, []
-        return out
+        return self.engine.take_lines()
 
     def _pending(self) -> list[asyncio.Task[Any]]:
         return [t for t in asyncio.all_tasks(self.loop) if not t.done()]
