@@ -24,7 +24,7 @@ import os
 import select
 import signal
 import threading
-from itertools import islice
+from itertools import chain, islice
 from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -163,9 +163,9 @@ class Engine:
         (``_run``): smtpd sends every line of every message, so this caps the
         server.  Anything unusual falls through to ``handle_line``.
         """
-        if self._carry:
-            data = self._carry + data
         lines = data.split(b"\n")
+        if self._carry:  # the line cut by the previous read (not a copy of the chunk)
+            lines[0] = self._carry + lines[0]
         self._carry = lines.pop()
         fast = None
         while lines:
@@ -299,7 +299,11 @@ class Engine:
         run = lines[:k]
         if not _heads_match(run, model, marker):
             return lines
-        self.out.append(b"filter-dataline|" + b"\nfilter-dataline|".join(map(itemgetter(slice(start, None)), run)))
+        # One join, with the first answer's prefix in its first element (not
+        # added to the joined block: that would copy it again).
+        tails = map(itemgetter(slice(start, None)), run)
+        first = b"filter-dataline|" + next(tails)
+        self.out.append(b"\nfilter-dataline|".join(chain((first,), tails)))
         return lines[k:]
 
     def take_lines(self) -> list[bytes]:
