@@ -59,6 +59,12 @@ sys.path.insert(0, HERE)
 import gen_stream  # noqa: E402
 
 PY = sys.executable or "python3"
+#: The interpreter the @echo/@passthrough filters run on (--python): by default
+#: the system's python3, the one a packaged filter runs on (smtpd starts it
+#: with a near-empty environment), else the one running this script.  Both
+#: sides of an SDK-vs-echo comparison always run on the same one.
+SYSTEM_PY = "/usr/bin/python3"
+FILTER_PY = SYSTEM_PY if os.access(SYSTEM_PY, os.X_OK) else PY
 LIBEXEC = "/usr/libexec/opensmtpd"
 NETNS_MARK = "SMTPD_BENCH_IN_NETNS"
 
@@ -70,11 +76,11 @@ def shortcut(cmd: str, tmpdir: str | None = None) -> tuple[str, str]:
     name, _, extra = cmd[1:].partition(" ")
     extra = (" " + extra) if extra else ""
     if name in ("echo", "echo_loop"):
-        return "echo_loop", "%s %s/echo_loop.py%s" % (PY, HERE, extra)
+        return "echo_loop", "%s %s/echo_loop.py%s" % (FILTER_PY, HERE, extra)
     if name in ("passthrough", "sdk"):
-        return "sdk-passthrough", "%s %s/passthrough.py%s" % (PY, HERE, extra)
+        return "sdk-passthrough", "%s %s/passthrough.py%s" % (FILTER_PY, HERE, extra)
     if name in ("passthrough-lines", "sdk-lines"):
-        return "sdk-per-line", "%s %s/passthrough.py --per-line%s" % (PY, HERE, extra)
+        return "sdk-per-line", "%s %s/passthrough.py --per-line%s" % (FILTER_PY, HERE, extra)
     if name == "senderscore":
         return "filter-senderscore", "%s/filter-senderscore%s" % (
             LIBEXEC, extra or " -junkBelow 80 -scoreHeader")
@@ -902,12 +908,21 @@ def mode_memory(a, out: Output, spec: str) -> dict:
 
 def sdk_available() -> str | None:
     try:
-        r = subprocess.run([PY, "-c", "import sys; sys.path.insert(0, %r); "
+        r = subprocess.run([FILTER_PY, "-c", "import sys; sys.path.insert(0, %r); "
                             "from smtpd_filter_sdk import Filter" % os.path.dirname(HERE)],
                            capture_output=True, timeout=30)
     except Exception as e:  # pragma: no cover
         return str(e)
     return None if r.returncode == 0 else r.stderr.decode(errors="replace").strip()[-300:]
+
+
+def python_version(python: str) -> str:
+    try:
+        r = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() or "?"
+    except Exception:  # noqa: BLE001
+        return "?"
 
 
 def git_head() -> str:
@@ -927,9 +942,9 @@ def mode_suite(a, out: Output) -> int:
     rep = a.repeats if a.repeats_given else (3 if q else 5)
     mem = a.memory_sessions if a.memory_given else ("1e4,1e5" if q else "1e4,1e5,1e6")
     t_start = time.time()
-    print("# suite: %s, %s, python %s, %d CPUs, repo %s" % (
-        time.strftime("%Y-%m-%d %H:%M:%S"), os.uname().nodename,
-        sys.version.split()[0], os.cpu_count(), git_head()), flush=True)
+    print("# suite: %s, %s, filters on %s (python %s), %d CPUs, repo %s" % (
+        time.strftime("%Y-%m-%d %H:%M:%S"), os.uname().nodename, FILTER_PY,
+        python_version(FILTER_PY), os.cpu_count(), git_head()), flush=True)
     sdk_err = sdk_available()
     have_sdk = sdk_err is None
     if not have_sdk:
@@ -1100,6 +1115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="private netns (lo only) + fake DNS (default: when root)")
     g.add_argument("--dns-score", type=int, default=77)
     g.add_argument("--tmpdir", default=None)
+    g.add_argument("--python", default=None, metavar="PATH",
+                   help="interpreter for @echo/@passthrough (default: %s if present, else this one)"
+                   % SYSTEM_PY)
     g.add_argument("--profile", metavar="FILE",
                    help="run a Python filter under cProfile, print the top functions")
     g = ap.add_argument_group("output")
@@ -1116,6 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     a.repeats_given = a.repeats is not None
+    if a.python:
+        global FILTER_PY
+        FILTER_PY = a.python
     a.memory_given = "--memory-sessions" in " ".join(argv)
     if a.repeats is None:
         a.repeats = 1 if not a.against else 5
