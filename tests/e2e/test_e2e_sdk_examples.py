@@ -102,6 +102,42 @@ def test_concurrent_sessions_are_kept_apart(server):
         assert f"client-{t}.e2e.test" in m.headers("Received")[0]
 
 
+def test_big_messages_in_concurrent_sessions_arrive_byte_for_byte(server):
+    # Thousands of lines per message: the SDK answers long runs of one
+    # message as blocks, and smtpd interleaves the four sessions' lines.
+    def body_of(t: str) -> bytes:
+        lines = []
+        for i in range(3000):
+            lines.append(
+                (b".", b"..", b"x", b"", b".dot %d" % i, b"%s line %d | with a bar" % (t.encode(), i))[i % 6]
+                if i % 7 == 0
+                else b"%s %d " % (t.encode(), i) + b"y" * (i % 90)
+            )
+        return b"".join(line + b"\r\n" for line in lines)
+
+    toks = [token() for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def send(t: str) -> None:
+        try:
+            with server.smtp() as c:
+                c.ehlo(f"client-{t}.e2e.test")
+                c.sendmail(FROM, [TO], make_message(t, body=body_of(t)))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in toks]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    for t in toks:
+        m = server.maildir.wait_for(t)
+        assert m.headers("X-Filtered-By") == ["add-header"]
+        assert m.body == body_of(t).replace(b"\r\n", b"\n")
+
+
 def test_localhost_helo_is_refused_and_the_client_may_retry(server, tok):
     with server.smtp() as c:
         code, reply = c.ehlo("localhost")
