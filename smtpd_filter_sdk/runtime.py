@@ -24,8 +24,8 @@ import os
 import select
 import signal
 import threading
-from itertools import chain, islice
-from operator import itemgetter
+from itertools import chain
+from operator import itemgetter, length_hint
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -167,22 +167,22 @@ class Engine:
         if self._carry:  # the line cut by the previous read (not a copy of the chunk)
             lines[0] = self._carry + lines[0]
         self._carry = lines.pop()
-        fast = None
-        while lines:
-            lines, fast, model = self._scan(lines, fast)
-            if lines:
-                assert fast is not None
-                lines = self._run(lines, fast, model)
+        end = len(lines)
+        at, fast, model = self._scan(lines, 0, None)
+        while at < end:
+            assert fast is not None
+            at, fast, model = self._scan(lines, self._run(lines, at, fast, model), fast)
 
     def _scan(
-        self, lines: list[bytes], fast: _FastEntry | None
-    ) -> tuple[list[bytes], _FastEntry | None, bytes]:
-        """Answer ``lines`` one by one, continuing the stream ``fast``.
+        self, lines: list[bytes], at: int, fast: _FastEntry | None
+    ) -> tuple[int, _FastEntry | None, bytes]:
+        """Answer ``lines[at:]`` one by one, continuing the stream ``fast``.
 
-        Returns early, with the lines not yet looked at, when a pass-through
-        stream begins a run that ``_run`` may answer as a block: then also
-        the stream and the head (``filter|...|SID|TOK|``) of the line that
-        began it, parsed the slow way.
+        Stops early when a pass-through stream's line is followed by what
+        looks like a run of its lines that ``_run`` may answer as a block:
+        returns where that run starts, the stream, and the head
+        (``filter|...|SID|TOK|``) of the line before it, parsed the slow way.
+        Otherwise returns ``len(lines)``.
         """
         handle = self.handle_line
         fast_get = self._fast.get
@@ -197,7 +197,13 @@ class Engine:
             ids, dot_rest, rest_room, session, stream = b"\n", b"", 0, None, None
         else:
             ids, dot_rest, rest_room, session, stream = fast
+        # A list iterator knows where it is (length_hint: lines left), so no
+        # index is counted per line; __setstate__ starts it at ``at``.
         it = iter(lines)
+        it.__setstate__(at)  # type: ignore[attr-defined]
+        end = len(lines)
+        last = end - _RUN_MIN
+        fresh = False  # the line before was the first of a pass-through run
         for line in it:
             # filter|VER|TS|smtp-in|data-line|SID|TOK|payload: the answer is
             # b"filter-dataline|" + everything after the 5th "|" (SID-first
@@ -218,10 +224,26 @@ class Engine:
                     ids, dot_rest, rest_room, session, stream = fast
                     if session is None and len(rest) <= rest_room and rest != dot_rest:
                         out_append(b"filter-dataline|" + rest)
-                        return list(it), fast, line[: len(line) - len(rest) + len(ids)]
+                        fresh = True
+                        continue
                 if len(rest) <= rest_room and rest != dot_rest:
                     if session is None:  # pass-through
                         out_append(b"filter-dataline|" + rest)
+                        if fresh:
+                            # The stream's second line in a row: a block may
+                            # follow if the next line and the one _RUN_MIN on
+                            # have this SID|TOK| in the same place too.  Looked
+                            # at once per run, so sessions interleaved line by
+                            # line cost nothing.
+                            fresh = False
+                            at = end - length_hint(it)  # the next line
+                            cut = len(line) - len(rest)
+                            if (
+                                at <= last
+                                and lines[at].startswith(ids, cut)
+                                and lines[at + _RUN_MIN - 1].startswith(ids, cut)
+                            ):
+                                return at, fast, line[: cut + len(ids)]
                         continue
                     if line_fn is not None:
                         payload = rest[len(ids) :]
@@ -241,11 +263,11 @@ class Engine:
                         continue
             ids = b"\n"
             handle(line)
-        return [], None, b""
+        return len(lines), None, b""
 
-    def _run(self, lines: list[bytes], fast: _FastEntry, model: bytes) -> list[bytes]:
-        """Answer the leading run of ``lines`` that continue pass-through stream
-        ``fast`` as one block; returns the lines after it.
+    def _run(self, lines: list[bytes], at: int, fast: _FastEntry, model: bytes) -> int:
+        """Answer the run of ``lines`` from ``at`` on that continue
+        pass-through stream ``fast`` as one block; returns where it ended.
 
         Every line of such a run has the shape of ``model``, the head of the
         line that began the stream's run: ``filter|VER|TS|smtp-in|data-line|
@@ -257,31 +279,28 @@ class Engine:
         ``_scan``, line by line.
         """
         ids, _, rest_room, _, _ = fast
-        n = len(lines)
-        if n < _RUN_MIN:
-            return lines
         width = len(model)
         start = width - len(ids)  # where the answer's SID|TOK|payload begins
         marker = b"|data-line|" + ids
-        at = width - len(marker)  # where the marker sits in each line of the run
+        where = width - len(marker)  # where the marker sits in each line of the run
         # Where the run probably ends: the last line, or a boundary found by
         # bisection (a guess when streams alternate; the proof decides).
-        if lines[-1].startswith(marker, at):
-            k = n
+        end = len(lines)
+        if lines[-1].startswith(marker, where):
+            k = end - at
         else:
-            lo, hi = 0, n - 1
-            if not lines[0].startswith(marker, at):
-                return lines
+            lo, hi = at, end - 1
             while hi - lo > 1:
                 mid = (lo + hi) // 2
-                if lines[mid].startswith(marker, at):
+                if lines[mid].startswith(marker, where):
                     lo = mid
                 else:
                     hi = mid
-            k = hi
+            k = hi - at
         if k < _RUN_MIN:
-            return lines
-        lens = list(map(len, islice(lines, k)))
+            return at
+        run = lines[at : at + k]
+        lens = list(map(len, run))
         # The final "." (the only line that ends the stream) is a one-byte
         # payload: stop in front of it; other one-byte lines stay in the run.
         j = 0
@@ -290,21 +309,19 @@ class Engine:
                 j = lens.index(width + 1, j)
             except ValueError:
                 break
-            if lines[j].endswith(b"|."):
+            if run[j].endswith(b"|."):
                 k = j
+                del run[k:], lens[k:]
                 break
             j += 1
-        if k < _RUN_MIN or max(lens[:k]) > start + rest_room:
-            return lines
-        run = lines[:k]
-        if not _heads_match(run, model, marker):
-            return lines
+        if k < _RUN_MIN or max(lens) > start + rest_room or not _heads_match(run, model, marker):
+            return at
         # One join, with the first answer's prefix in its first element (not
         # added to the joined block: that would copy it again).
         tails = map(itemgetter(slice(start, None)), run)
         first = b"filter-dataline|" + next(tails)
         self.out.append(b"\nfilter-dataline|".join(chain((first,), tails)))
-        return lines[k:]
+        return at + k
 
     def take_lines(self) -> list[bytes]:
         """The lines written since the last take, one element each."""

@@ -253,3 +253,23 @@ def test_the_generated_runs_do_reach_the_block_path(dialect):
     fed.feed(as_input(message(fed.wire, SID, BODY[:5])))
     assert fed.take() == echoes(SID, BODY[:5])
     assert fed.blocks == 1
+
+
+def test_sessions_interleaved_line_by_line_never_try_a_block(monkeypatch):
+    # Many slow clients: smtpd alternates sessions on every line.  A look at
+    # the next line must be enough to go on line by line.
+    tries = []
+    real_run = Engine._run
+
+    def counting_run(self, *args):
+        tries.append(args[0])
+        return real_run(self, *args)
+
+    monkeypatch.setattr(Engine, "_run", counting_run)
+    fed = Fed()
+    mine, theirs = message(fed.wire, SID, BODY), message(fed.wire, OTHER, BODY)
+    fed.feed(as_input([line for pair in zip(mine, theirs) for line in pair]))
+    answers = fed.take()
+    assert [a for a in answers if SID.encode() in a] == echoes(SID, BODY)
+    assert [a for a in answers if OTHER.encode() in a] == echoes(OTHER, BODY)
+    assert tries == [] and fed.blocks == 0
