@@ -248,7 +248,8 @@ def test_blocks_answer_and_log_exactly_what_the_line_loop_does(case):
 
 
 @pytest.mark.parametrize("dialect", ["0.6", "0.7/7.6"])
-def test_the_generated_runs_do_reach_the_block_path(dialect):
+def test_with_the_minimum_at_one_even_a_short_message_goes_as_a_block(dialect):
+    # the knob the differential test above turns: it must really make blocks
     fed = Fed(dialect, run_min=1)
     fed.feed(as_input(message(fed.wire, SID, BODY[:5])))
     assert fed.take() == echoes(SID, BODY[:5])
