@@ -178,11 +178,11 @@ class Engine:
     ) -> tuple[int, _FastEntry | None, bytes]:
         """Answer ``lines[at:]`` one by one, continuing the stream ``fast``.
 
-        Stops early when a pass-through stream's line is followed by what
-        looks like a run of its lines that ``_run`` may answer as a block:
-        returns where that run starts, the stream, and the head
-        (``filter|...|SID|TOK|``) of the line before it, parsed the slow way.
-        Otherwise returns ``len(lines)``.
+        Stops early when a pass-through stream's second line in a row is
+        followed by what looks like a run of its lines that ``_run`` may
+        answer as a block: returns where that run starts, the stream, and the
+        head (``filter|...|SID|TOK|``) of the line before it, parsed the slow
+        way.  Otherwise returns ``len(lines)``.
         """
         handle = self.handle_line
         fast_get = self._fast.get
@@ -270,8 +270,8 @@ class Engine:
         pass-through stream ``fast`` as one block; returns where it ended.
 
         Every line of such a run has the shape of ``model``, the head of the
-        line that began the stream's run: ``filter|VER|TS|smtp-in|data-line|
-        SID|TOK|`` with only the digits differing (smtpd writes fixed-width
+        line before the run, which ``_scan`` parsed: ``filter|VER|TS|smtp-in|
+        data-line|SID|TOK|`` with only the digits differing (smtpd writes fixed-width
         timestamps), so the answers are the lines' tails after
         ``filter|VER|TS|smtp-in|data-line|``, joined under b"filter-dataline|".
         That every line has that shape is proven for the whole run at once by
