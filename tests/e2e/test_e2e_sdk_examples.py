@@ -77,15 +77,15 @@ def test_two_messages_in_one_session_both_get_the_header_once(server):
         assert server.maildir.wait_for(t).headers("X-Filtered-By") == ["add-header"]
 
 
-def test_concurrent_sessions_are_kept_apart(server):
-    toks = [token() for _ in range(8)]
+def send_concurrently(server, toks: list[str], body_of, timeout: float = 60) -> None:
+    """One session per token, all at once: EHLO client-TOK, one message."""
     errors: list[BaseException] = []
 
     def send(t: str) -> None:
         try:
             with server.smtp() as c:
                 c.ehlo(f"client-{t}.e2e.test")
-                c.sendmail(FROM, [TO], make_message(t, body=f"body of {t}\r\n" * 50))
+                c.sendmail(FROM, [TO], make_message(t, body=body_of(t)))
         except BaseException as e:  # reported below
             errors.append(e)
 
@@ -93,8 +93,13 @@ def test_concurrent_sessions_are_kept_apart(server):
     for th in threads:
         th.start()
     for th in threads:
-        th.join(60)
+        th.join(timeout)
     assert not errors, errors
+
+
+def test_concurrent_sessions_are_kept_apart(server):
+    toks = [token() for _ in range(8)]
+    send_concurrently(server, toks, lambda t: f"body of {t}\r\n" * 50)
     for t in toks:
         m = server.maildir.wait_for(t)
         assert m.headers("X-Filtered-By") == ["add-header"]
@@ -116,22 +121,7 @@ def test_big_messages_in_concurrent_sessions_arrive_byte_for_byte(server):
         return b"".join(line + b"\r\n" for line in lines)
 
     toks = [token() for _ in range(4)]
-    errors: list[BaseException] = []
-
-    def send(t: str) -> None:
-        try:
-            with server.smtp() as c:
-                c.ehlo(f"client-{t}.e2e.test")
-                c.sendmail(FROM, [TO], make_message(t, body=body_of(t)))
-        except BaseException as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=send, args=(t,)) for t in toks]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    assert not errors, errors
+    send_concurrently(server, toks, body_of, timeout=120)
     for t in toks:
         m = server.maildir.wait_for(t)
         assert m.headers("X-Filtered-By") == ["add-header"]
