@@ -232,7 +232,7 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
         until = st.blocked_until(session)
         if until is None:
             return None
-        left = until - int(time.time())
+        left = until - int(store.clock())
         f.log(f"{phase}: addr={session.src.host} is trapped ({left}s left): refused{dry}", session.id)
         return None if opts.dryRun else disconnect(code, text, enhanced=enhanced)
 
