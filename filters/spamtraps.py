@@ -96,7 +96,7 @@ def flags() -> GoFlags:
     g.string("spfDomains", "", "file of such domains (default: large mail providers)", metavar="FILE")
     g.float("spfTimeout", 3.0, "seconds an SPF check may take", validate=lookup_timeout)
     g.string("db", "/var/lib/py-filter-spamtraps/traps.db", "SQLite file of trapped clients", metavar="PATH")
-    g.string("redis", "", "share trapped clients through Redis (redis://host:port/db, unix:///path)", metavar="URL")
+    g.string("redis", "", "share trapped clients through Redis (redis://host:port/db, unix:///path)", metavar="URL", validate=_redis_url)
     g.string("redisPrefix", "spamtraps:", "prefix of the Redis keys and channel", metavar="PREFIX")
     g.bool("dryRun", False, "log decisions but always proceed, record nothing")
     return g
@@ -106,6 +106,12 @@ def _non_negative_int(value: int) -> int:
     if value < 0:
         raise ValueError("must not be negative")
     return value
+
+
+def _redis_url(url: str) -> str:
+    from smtpd_filters.trapredis import check_url  # redis-py is needed only with -redis
+
+    return check_url(url)
 
 
 def _v6prefix(value: int) -> int:
@@ -218,6 +224,13 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
         spf = SpfChecker(timeout=opts.spfTimeout)
     st = SpamTraps(opts, log, store, spf)
     f.spamtraps = st  # type: ignore[attr-defined]  (for tests)
+    if opts.redis:
+        from smtpd_filters.trapredis import RedisMirror
+
+        mirror = RedisMirror(opts.redis, store, prefix=opts.redisPrefix, log=log, host=store.host)
+        store.on_recorded = mirror.recorded  # our hits go out from the store's writer
+        f.on_start(mirror.run)  # theirs come in; sessions never wait for it
+        f.redis = mirror  # type: ignore[attr-defined]
     dry = " (dry run)" if opts.dryRun else ""
     code, text, enhanced = BLOCK_REPLIES[opts.blockReply]
 
