@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import socket
+import sqlite3
 import sys
 import time
 from typing import Any, Sequence
@@ -78,6 +79,10 @@ DEMO = {
     "args": ["-traps", "{tmp}/traps", "-db", "{tmp}/traps.db", "-spf=false"],
     "files": {"traps": "bob@example.net\n*@honeypot.example.org\n/^old-[0-9]+@example\\.org$/i\n"},
 }
+
+
+class StartupError(Exception):
+    """Something the filter cannot start without (one line for smtpd's log)."""
 
 
 def flags() -> GoFlags:
@@ -217,10 +222,15 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
     f = Filter("spamtraps", on_error="fail-open", deadline=opts.spfTimeout + 2.0)
     log = lambda *a: f.log(*a)  # noqa: E731  (f.log may be swapped by harnesses)
     if store is None:
-        store = TrapStore(opts.db, policy_of(opts), host=socket.gethostname(), log=log)
+        try:
+            store = TrapStore(opts.db, policy_of(opts), host=socket.gethostname(), log=log)
+        except (sqlite3.Error, OSError) as exc:
+            raise StartupError(f"{opts.db}: {exc}") from None
     if spf is None and opts.spf:
-        from smtpd_filters.spf import SpfChecker
-
+        try:
+            from smtpd_filters.spf import SpfChecker
+        except ImportError as exc:
+            raise StartupError(f"SPF checks need smtpd_filters.spf ({exc}); -spf=false runs without them") from None
         spf = SpfChecker(timeout=opts.spfTimeout)
     st = SpamTraps(opts, log, store, spf)
     f.spamtraps = st  # type: ignore[attr-defined]  (for tests)
@@ -328,11 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         g.fail("-traps FILE is required")
     try:
         f = build(opts)
-    except ListFileError as exc:
+    except (ListFileError, StartupError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - e.g. the database cannot be opened
-        print(f"{PROG}: {opts.db}: {exc}", file=sys.stderr, flush=True)
         return 1
     st = f.spamtraps  # type: ignore[attr-defined]
     atexit.register(st.store.close)
