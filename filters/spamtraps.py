@@ -175,7 +175,7 @@ class SpamTraps:
             pass
         ip = client_ip(src)
         found = (ip, client_keys(ip, self.opts.ipv6Prefix)) if ip is not None else None
-        if len(self._keys) >= 65536:
+        if len(self._keys) >= 4096:  # a small memo: ~250 bytes an entry, and the memory target is tight
             self._keys.clear()
         self._keys[host] = found
         return found

@@ -160,14 +160,16 @@ class RedisMirror(RedisNames):
             pipe = client.pipeline(transaction=False)
             for k in batch:
                 pipe.hget(k, "exp")
+            items = []
             for k, exp in zip(batch, await pipe.execute()):
                 try:
                     key, until = parse_key(k[len(self.hkey("")):]), int(exp or 0)
                 except ValueError:
                     continue  # not ours (or damaged): never block on it
                 if until > now:
-                    self.store.merge(key, until)
-                    count += 1
+                    items.append((key, until))
+            self.store.merge_many(items)
+            count += len(items)
         return count
 
     async def _serve(self, client: Any) -> None:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-__all__ = ["Policy", "Trap", "TrapStore", "apply_hit", "client_keys", "parse_key", "record_key"]
+__all__ = ["Policy", "Trap", "TrapStore", "apply_hit", "cache_key", "client_keys", "parse_key", "record_key"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traps (
@@ -108,15 +108,28 @@ def record_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, v6prefix: int 
     return str(ip)
 
 
-def client_keys(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, v6prefix: int = 128) -> tuple[str, ...]:
-    """The keys that block ``ip``: its address, and for IPv6 its network
-    (an entry for the /64 blocks every address in it, whatever the flag)."""
+def client_keys(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, v6prefix: int = 128) -> tuple[int | str, ...]:
+    """The cache keys that block ``ip`` (see :func:`cache_key`): its address,
+    and for IPv6 its network (an entry for the /64 blocks every address in
+    it, whatever the flag)."""
     if ip.version == 4:
-        return (str(ip),)
+        return (int(ip),)
     keys = [str(ip), str(ipaddress.IPv6Network(f"{ip}/64", strict=False))]
     if v6prefix not in (64, 128):
         keys.append(record_key(ip, v6prefix))
     return tuple(keys)
+
+
+def cache_key(key: str) -> int | str:
+    """How the in-memory cache holds a key: an IPv4 address as its integer
+    (a 32-byte int instead of a ~60-byte str: 10^5 trapped clients fit in
+    the memory target), anything else as its text."""
+    if key.count(".") == 3 and "/" not in key:
+        try:
+            return int(ipaddress.IPv4Address(key))
+        except ValueError:
+            pass
+    return key
 
 
 def parse_key(text: str) -> str:
@@ -156,7 +169,8 @@ class TrapStore:
         self.poll = poll
         #: called in the worker thread with each written hit (the Redis mirror)
         self.on_recorded = on_recorded
-        self.cache: dict[str, int] = {}
+        #: cache_key(key) -> blocked until (epoch seconds)
+        self.cache: dict[int | str, int] = {}
         self._seq = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._db = self._connect()  # created here, then used only by the worker thread
@@ -168,14 +182,15 @@ class TrapStore:
 
     # -- reading (any thread; sessions call it on the event loop) ----------
 
-    def blocked_until(self, keys: Sequence[str], now: float | None = None) -> int | None:
-        """The latest expiry of ``keys`` still in the future, or None."""
+    def blocked_until(self, keys: Sequence[int | str], now: float | None = None) -> int | None:
+        """The latest expiry of ``keys`` (:func:`client_keys`, or text keys)
+        still in the future, or None."""
         if now is None:
             now = self.clock()
         cache = self.cache
         found = None
         for key in keys:
-            exp = cache.get(key)
+            exp = cache.get(key if type(key) is int else cache_key(key))
             if exp is not None and exp > now and (found is None or exp > found):
                 found = exp
         return found
@@ -186,22 +201,37 @@ class TrapStore:
         """Record a trap hit: blocked at once (the cache), written soon."""
         t = int(self.clock() if now is None else now)
         provisional = t + self.policy.expiry
-        if self.cache.get(key, 0) < provisional:
-            self.cache[key] = provisional
+        self._raise(key, provisional)
         self._queue.put(("hit", key, t, trap))
         return provisional
 
     def merge(self, key: str, expires: int) -> None:
         """A trap learnt from elsewhere (another MX via Redis): blocked until
         ``expires`` at least; mirrored into SQLite (no hit counted)."""
-        if self.cache.get(key, 0) < expires:
-            self.cache[key] = expires
-        self._queue.put(("merge", key, int(expires)))
+        self.merge_many([(key, int(expires))])
+
+    def merge_many(self, items: Sequence[tuple[str, int]]) -> int:
+        """Several at once (a resync); only what lengthens a block is
+        queued for SQLite, as one operation.  Returns how many were new."""
+        cache, news = self.cache, []
+        for key, expires in items:
+            ck = cache_key(key)
+            if cache.get(ck, 0) < expires:
+                cache[ck] = expires
+                news.append((key, expires))
+        if news:
+            self._queue.put(("merge", news))
+        return len(news)
 
     def forget(self, key: str) -> None:
         """Unblock ``key`` (tombstone in SQLite)."""
-        self.cache.pop(key, None)
+        self.cache.pop(cache_key(key), None)
         self._queue.put(("forget", key))
+
+    def _raise(self, key: str, expires: int) -> None:
+        ck = cache_key(key)
+        if self.cache.get(ck, 0) < expires:
+            self.cache[ck] = expires
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far is written."""
@@ -225,13 +255,14 @@ class TrapStore:
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-512")  # KiB: rows are read by key, the cache holds what sessions need
         db.executescript(SCHEMA)
         return db
 
     def _load(self) -> None:
         now = int(self.clock())
         cur = self._db.execute("SELECT key, expires FROM traps WHERE expires > ?", (now,))
-        self.cache = {k: e for k, e in cur}
+        self.cache = {cache_key(k): e for k, e in cur}
         self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM traps").fetchone()[0]
 
     def _worker(self) -> None:
@@ -277,14 +308,14 @@ class TrapStore:
                     self._write(t)
                     recorded.append(t)
                 elif op[0] == "merge":
-                    _, key, expires = op
-                    old = self._row(key)
-                    if old is None:
-                        now = int(self.clock())
-                        self._write(Trap(key, now, now, 0, expires, now, 0, "", "remote"))
-                    elif old.expires < expires:
-                        old.expires = expires
-                        self._write(old)
+                    for key, expires in op[1]:
+                        old = self._row(key)
+                        if old is None:
+                            now = int(self.clock())
+                            self._write(Trap(key, now, now, 0, expires, now, 0, "", "remote"))
+                        elif old.expires < expires:
+                            old.expires = expires
+                            self._write(old)
                 elif op[0] == "forget":
                     old = self._row(op[1])
                     if old is not None and old.expires:
@@ -298,8 +329,7 @@ class TrapStore:
             for e in events:
                 e.set()
         for t in recorded:
-            if self.cache.get(t.key, 0) < t.expires:
-                self.cache[t.key] = t.expires  # escalation lengthens the provisional block
+            self._raise(t.key, t.expires)  # escalation lengthens the provisional block
             if self.on_recorded is not None:
                 self.on_recorded(t)
         return stop
@@ -324,9 +354,9 @@ class TrapStore:
         cache = self.cache
         for key, expires, seq in rows:
             if expires > now:
-                cache[key] = expires
+                cache[cache_key(key)] = expires
             else:
-                cache.pop(key, None)
+                cache.pop(cache_key(key), None)
             self._seq = seq
         if len(cache) > 1000 and rows:
             for key, exp in list(cache.items()):
@@ -350,7 +380,7 @@ class TrapStore:
         old = self._row(key)
         t = old or Trap(key, now, now, 0, 0, now, 0, "", self.host or "admin")
         t.expires = expires
-        self.cache[key] = expires
+        self.cache[cache_key(key)] = expires
         self._write(t)
 
     def purge(self) -> int:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import filterkit  # noqa: F401
-from smtpd_filters.trapstore import Policy, Trap, TrapStore, apply_hit, client_keys, parse_key, record_key
+from smtpd_filters.trapstore import Policy, Trap, TrapStore, apply_hit, cache_key, client_keys, parse_key, record_key
 
 
 class Clock:
@@ -163,7 +163,8 @@ def test_keys_v4_v6_and_prefixes():
     assert record_key(v6) == "2001:db8:1:2:3::9"
     assert record_key(v6, 64) == "2001:db8:1:2::/64"
     assert record_key(v6, 48) == "2001:db8:1::/48"
-    assert client_keys(v4) == ("192.0.2.7",)
+    assert client_keys(v4) == (int(v4),)  # the cache holds IPv4 as int
+    assert cache_key("192.0.2.7") == int(v4) and cache_key("2001:db8::/64") == "2001:db8::/64"
     assert client_keys(v6) == ("2001:db8:1:2:3::9", "2001:db8:1:2::/64")
     assert client_keys(v6, 48)[-1] == "2001:db8:1::/48"
     assert parse_key("2001:db8:1:2:3::9/64") == "2001:db8:1:2::/64"
