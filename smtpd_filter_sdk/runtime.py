@@ -79,6 +79,11 @@ _LINES = 1  # call the data-line handler per line
 _HEADERS = 2  # buffering the header block for on_headers
 _MESSAGE = 3  # buffering the whole message for on_message
 _WAIT = 4  # an async header/message handler is running: hold input
+_WATCH = 5  # holding the body (raw) while a MessageWatcher sees it
+
+#: A watcher is handed the held body once this many new lines arrived (and
+#: at the end): one join and one replace per batch, not a call per line.
+_WATCH_BATCH = 256
 
 
 @dataclass(slots=True, eq=False)
@@ -107,6 +112,15 @@ class _Stream:
     failed: bool = False
     verdict: Decision | None = None
     ended: bool = False
+    size: int = 0  # bytes buffered so far (stuffed lines + CRLF), for the cap
+    # on_message_stream: the watcher, the headers it edits, the original
+    # header lines (what goes out if it fails), the raw body lines held and
+    # how many of them the watcher has seen.
+    watcher: Any = None
+    headers: Headers | None = None
+    original: list[bytes] = field(default_factory=list)
+    kept: list[bytes] = field(default_factory=list)
+    fed: int = 0
 
 
 class Engine:
@@ -145,12 +159,14 @@ class Engine:
             _MESSAGE
             if filt.message_handler
             else _HEADERS
-            if filt.headers_handler
+            if filt.headers_handler or filt.stream_handler
             else _LINES
             if filt.data_line_handler
             else _PASS
         )
         self._body_mode = _LINES if filt.data_line_handler else _PASS
+        cap = filt.max_message_size
+        self._max_size = cap if cap is not None and cap > 0 else float("inf")
 
     # -- input -------------------------------------------------------------
 
@@ -597,10 +613,18 @@ class Engine:
             stream.held.append(payload)
         elif len(payload) > stream.room:
             self._too_long(stream, len(payload))  # never buffered, never handed over
-        elif mode == _HEADERS:
-            self._header_line(stream, payload)
         else:
-            stream.buffer.append(unstuff(payload))
+            stream.size += len(payload) + 2
+            if stream.size > self._max_size:
+                self._oversize(stream, payload)
+            elif mode == _WATCH:
+                stream.kept.append(payload)
+                if len(stream.kept) - stream.fed >= _WATCH_BATCH:
+                    self._feed_watcher(stream)
+            elif mode == _HEADERS:
+                self._header_line(stream, payload)
+            else:
+                stream.buffer.append(unstuff(payload))
 
     def _open_stream(self, parts: list[bytes]) -> _Stream | None:
         rules = p.rules_for(parts[1])
@@ -735,6 +759,8 @@ class Engine:
         stream.ended = True
         if stream.mode in (_HEADERS, _MESSAGE):
             self._run_message_handler(stream, pending=[b"."])
+        elif stream.mode == _WATCH:
+            self._finish_watch(stream)
         elif stream.mode == _WAIT:
             stream.held.append(b".")
         else:
@@ -764,12 +790,14 @@ class Engine:
         block, or the final ``.``)."""
         whole = stream.mode == _MESSAGE
         handler = self.filter.message_handler if whole else self.filter.headers_handler
-        assert handler is not None
         session = self._session(stream)
         original, stream.buffer = stream.buffer, []
         if stream.too_long:
             # The message is refused at commit anyway; don't spend work on it.
             self._release(stream, None, pending, original)
+            return
+        if handler is None:
+            self._start_watch(stream, session, pending, original)
             return
         target: Message | Headers = Message.parse(original) if whole else Headers.parse(original)
         if handler.is_async:
@@ -812,7 +840,7 @@ class Engine:
 
     def _message_failed(self, stream: _Stream, session: Session, why: str) -> None:
         stream.failed = True
-        kind = "message" if stream.mode == _MESSAGE or self.filter.message_handler else "headers"
+        kind = "headers" if self.filter.headers_handler else "message"
         self.log(f"{kind} handler {why}; message passed on unchanged ({self.filter.on_error})", session.id)
 
     def _message_result(self, stream: _Stream, session: Session, result: Any) -> Decision | None:
@@ -826,6 +854,132 @@ class Engine:
             self._message_failed(stream, session, f"returned {result.kind}, refused: {reason}")
             return None
         return result
+
+    # -- on_message_stream and the size cap -----------------------------------
+
+    def _start_watch(self, stream: _Stream, session: Session, pending: list[bytes], original: list[bytes]) -> None:
+        """The header block is complete: ask the stream handler for a watcher.
+        ``pending`` is the raw line that ended the block (the empty line, the
+        first body line, or the final ``.``)."""
+        handler = self.filter.stream_handler
+        assert handler is not None
+        headers = Headers.parse(original)
+        try:
+            watcher = handler.fn(session, headers)
+        except Exception as exc:  # noqa: BLE001
+            watcher, why = None, f"raised {exc!r}"
+        else:
+            why = "" if watcher is None or _is_watcher(watcher) else f"returned {watcher!r}, not a watcher"
+        if why:
+            self._message_failed(stream, session, why)
+            self._release(stream, None, pending, original)
+            return
+        if watcher is None:  # not interested: nothing is held
+            self._release(stream, None, pending, headers)
+            return
+        stream.watcher, stream.headers, stream.original = watcher, headers, original
+        self._set_mode(stream, _WATCH)
+        if stream.ended:  # no body at all (pending is the final ".")
+            self._finish_watch(stream)
+            return
+        stream.kept = pending
+        stream.fed = 1 if pending[0] == b"" else 0  # the empty line is no body
+
+    def _feed_watcher(self, stream: _Stream) -> None:
+        """Hand the watcher the body lines it has not seen, as one chunk:
+        CRLF-joined, and unstuffed at once (every line that starts with "."
+        on the wire had one more)."""
+        kept, start = stream.kept, stream.fed
+        if start >= len(kept):
+            return
+        stream.fed = len(kept)
+        joined = b"\r\n" + b"\r\n".join(kept[start:] if start else kept) + b"\r\n"
+        chunk = joined.replace(b"\r\n.", b"\r\n")[2:]
+        try:
+            stream.watcher.body(chunk)
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(stream, self._session(stream), f"watcher raised {exc!r}")
+            self._unwatch(stream)
+
+    def _finish_watch(self, stream: _Stream) -> None:
+        """The final ``.`` of a watched message: the watcher's last chunk and
+        end(), then the (edited) headers, the body as it came, the ``.``."""
+        self._feed_watcher(stream)
+        if stream.mode != _WATCH:  # the watcher failed on that last chunk
+            self._close_stream(stream)
+            return
+        session = self._session(stream)
+        watcher, headers = stream.watcher, stream.headers
+        assert headers is not None
+        stream.watcher = stream.headers = None
+        try:
+            result = watcher.end(headers)
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(stream, session, f"watcher raised {exc!r}")
+            result = None
+        verdict = self._message_result(stream, session, result)
+        if verdict is not None:
+            stream.verdict = verdict
+        for line in stream.original if stream.failed else headers.lines():
+            self._emit(stream, stuff(line))
+        self._emit_raw(stream, stream.kept)
+        stream.kept = stream.original = []
+        self._close_stream(stream)
+
+    def _unwatch(self, stream: _Stream) -> None:
+        """Stop holding: the original header lines and the held body go out
+        as they came, the rest of the message streams."""
+        stream.watcher = stream.headers = None
+        for line in stream.original:
+            self._emit(stream, stuff(line))
+        self._emit_raw(stream, stream.kept)
+        stream.kept = stream.original = []
+        self._set_mode(stream, _PASS)
+
+    def _emit_raw(self, stream: _Stream, payloads: list[bytes]) -> None:
+        """Held raw (stuffed) payloads as they came: one joined block when
+        every line fits, else line by line through the length checks."""
+        if not payloads:
+            return
+        if max(map(len, payloads)) <= stream.legacy_room:
+            prefix = stream.prefix
+            self.out.append(prefix + (b"\n" + prefix).join(payloads))
+        else:
+            for payload in payloads:
+                self._emit(stream, payload)
+
+    def _oversize(self, stream: _Stream, payload: bytes) -> None:
+        """The message passed ``max_message_size``: flush what was held
+        unchanged, let the rest stream, tell the filter."""
+        session = self._session(stream)
+        if stream.mode == _WATCH:
+            self._unwatch(stream)
+        else:
+            held, stream.buffer = stream.buffer, []
+            for line in held:
+                self._emit(stream, stuff(line))
+            # The rest streams: a data-line handler (with on_headers) sees it.
+            self._set_mode(stream, stream.after_headers if stream.mode == _HEADERS else _PASS)
+        if stream.mode == _LINES:
+            self._line_through_handler(stream, payload)
+        else:
+            self._emit(stream, payload)
+        handler = self.filter.oversize_handler
+        if handler is None:
+            self.log(
+                f"message over {self.filter.max_message_size} bytes: passed on unchanged, "
+                "not handed to the message handler",
+                session.id,
+            )
+            return
+        try:
+            result = handler.fn(session, stream.size)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"oversize handler raised {exc!r}", session.id)
+            return
+        verdict = self._message_result(stream, session, result)
+        if verdict is not None:
+            stream.verdict = verdict
 
     def _release(
         self,
@@ -849,6 +1003,10 @@ class Engine:
                 self._line_through_handler(stream, payload)
             else:
                 self._emit(stream, payload)
+
+
+def _is_watcher(obj: Any) -> bool:
+    return callable(getattr(obj, "body", None)) and callable(getattr(obj, "end", None))
 
 
 # --------------------------------------------------------------------------
