@@ -13,7 +13,9 @@ Guarantees kept here, whatever a handler does:
 * every filter request gets exactly one answer (a failure gets the filter's
   failure policy, logged);
 * nothing smtpd treats as fatal is written (protocol.checks);
-* input never ends the process; EOF on stdin (smtpd gone) does, with status 0.
+* input never ends the process; EOF on stdin (smtpd gone) does, with status
+  0, once every request already read is answered (each handler under its
+  deadline, the failure policy past it); EPIPE ends it at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import inspect
 import os
 import select
 import signal
+import sys
 import threading
 from itertools import chain
 from operator import itemgetter, length_hint
@@ -151,6 +154,12 @@ class Engine:
         self._fast: dict[bytes, _FastEntry] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        # Requests whose answer an async task owes: the task -> (request,
+        # session).  Popped when the task answers; a task that ends without
+        # answering (cancelled before it ran, an internal error) gets the
+        # failure policy's answer from its done callback, so every request
+        # read gets exactly one answer.
+        self._owed: dict[asyncio.Task[Any], tuple[p.Request, Session]] = {}
         self._phase_handlers = filt.phase_handlers
         self._report_handlers = filt.report_handlers
         reports, phases = filt.registrations()
@@ -365,11 +374,51 @@ class Engine:
             self.log(f"internal error on line {describe_line(line)}: {exc!r}")
 
     def eof(self) -> None:
-        """smtpd went away: stop everything still running."""
+        """Stop everything still running, at once (nothing more can be
+        written: EPIPE, SIGTERM, a harness torn down).  At EOF of input use
+        ``end_of_input()`` and ``drain()``, which answer first."""
         for tasks in list(self._tasks.values()):
             for task in list(tasks):
                 task.cancel()
         self._tasks.clear()
+
+    def end_of_input(self) -> None:
+        """No more input will come.  A line cut off by EOF (no newline) is
+        not acted on: it may be a truncated request."""
+        if self._carry:
+            self.log(f"ignoring an incomplete last line at EOF: {describe_line(self._carry)}")
+            self._carry = b""
+
+    async def drain(self, grace: float = 1.0) -> None:
+        """EOF: let every running handler finish.  Each runs under the
+        filter's deadline, so this takes at most ``deadline + grace``
+        seconds; whatever still runs then is cancelled, and a request still
+        owed an answer gets the failure policy's (logged)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.filter.deadline + grace
+        while tasks := self._running():
+            left = until - loop.time()
+            if left <= 0:
+                break
+            await asyncio.wait(tasks, timeout=left)
+        tasks = self._running()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in list(self._owed):
+            self._pay(task, "still running at EOF")
+
+    def _running(self) -> list[asyncio.Task[Any]]:
+        return [t for ts in self._tasks.values() for t in ts if not t.done()]
+
+    def _pay(self, task: asyncio.Task[Any], why: str) -> None:
+        """Answer the request ``task`` owes, by the failure policy."""
+        owed = self._owed.pop(task, None)
+        if owed is not None:
+            req, session = owed
+            self._answer(req, session, self._failure(req, session, why))
+            self.wake()
 
     @property
     def busy(self) -> bool:
@@ -445,11 +494,12 @@ class Engine:
             self.log(f"{report.event} handler failed: {exc!r}", session.id)
 
     def _forget(self, sid: str) -> None:
+        """link-disconnect: the session's state goes.  Its running handlers
+        do not: each request read is answered (under the deadline) even if
+        smtpd no longer waits for it (see ``_finish_chain``)."""
         self.sessions.drop(sid)
         self._verdicts.pop(sid, None)
         self._drop_stream(sid.encode())
-        for task in self._tasks.pop(sid, ()):
-            task.cancel()
 
     # -- requests ----------------------------------------------------------
 
@@ -490,11 +540,12 @@ class Engine:
             try:
                 result = handler.fn(session, *args)
                 if inspect.isawaitable(result):
-                    self._spawn(
+                    task = self._spawn(
                         session.id,
                         self._finish_chain(req, session, result, handlers[i + 1 :], args),
                         also_close=result,
                     )
+                    self._owed[task] = (req, session)
                     return
                 decision = self._checked(req, session, result)
             except Exception as exc:  # noqa: BLE001
@@ -525,13 +576,20 @@ class Engine:
                         result = await result
                     decision = self._checked(req, session, result)
         except asyncio.CancelledError:
-            if self.sessions.peek(req.session) is None:
-                raise  # session gone: smtpd would ignore an answer anyway
             decision = self._failure(req, session, "handler cancelled")
         except TimeoutError:
             decision = self._failure(req, session, f"handler ran past {self.filter.deadline}s")
         except Exception as exc:  # noqa: BLE001
             decision = self._failure(req, session, f"handler raised {exc!r}")
+        if self._owed.pop(asyncio.current_task(), None) is None:  # type: ignore[arg-type]
+            return  # already answered by the failure policy (drain)
+        if self.sessions.peek(req.session) is not session:
+            # smtpd ignores an answer for a session it closed (lka_filter:
+            # unknown session, no error), so writing it is harmless; a driver
+            # that sent the session's later lines ahead of this answer
+            # (a transcript, a benchmark) still gets one answer per request.
+            kind = decision.kind if decision is not None else "proceed"
+            self.log(f"{req.phase}: answering {kind} after the session disconnected (smtpd ignores it)", session.id)
         self._answer(req, session, decision)
         self.wake()
 
@@ -563,7 +621,7 @@ class Engine:
                 return
         self.out.append(line)
 
-    def _spawn(self, sid: str, coro: Any, also_close: Any = None) -> None:
+    def _spawn(self, sid: str, coro: Any, also_close: Any = None) -> asyncio.Task[Any]:
         """Run ``coro`` as the session's task.  ``also_close``: a handler's
         coroutine ``coro`` will await; closed if the task ends before it ran
         (session gone), so it is not reported as never awaited."""
@@ -586,8 +644,11 @@ class Engine:
                 also_close.close()
             if not t.cancelled() and t.exception() is not None:
                 self.log(f"internal error in handler task: {t.exception()!r}", sid)
+            if t in self._owed:  # ended without answering (cancelled before it ran)
+                self._pay(t, "handler cancelled")
 
         task.add_done_callback(done)
+        return task
 
     # -- data lines --------------------------------------------------------
 
@@ -1034,6 +1095,7 @@ class _Driver:
         self.filter = filt
         self._flush_pending = False
         self.closed = False
+        self.draining = False
 
     def _schedule_flush(self) -> None:
         if not self._flush_pending and not self.closed:
@@ -1053,11 +1115,44 @@ class _Driver:
             self.stop()
 
     def on_input(self, data: bytes) -> None:
+        if self.draining:
+            return
         if not data:
-            self.stop()
+            self.end_of_input()
             return
         self.engine.feed(data)
         self.flush()
+
+    def end_of_input(self) -> None:
+        """EOF on stdin: read no more, answer every request already read
+        (each handler under its deadline), write it all, then stop."""
+        self.draining = True
+        self._stop_reading()
+        self.engine.end_of_input()
+        self.flush()
+        if self.closed:
+            return  # EPIPE while writing: nobody reads any more
+        if not self.engine.busy:
+            self.stop()
+            return
+        self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        drain = self.loop.create_task(self.engine.drain())
+        while not drain.done():
+            await asyncio.wait([drain], timeout=0.1)
+            if self._peer_gone():
+                break  # smtpd closed the socket: nobody will read the answers
+        self.flush()
+        self.stop()
+
+    def _peer_gone(self) -> bool:
+        """Whether our output can no longer be read (the socket's peer
+        closed it, a pipe lost its reader): what a write would learn from
+        EPIPE, without writing."""
+        poller = select.poll()
+        poller.register(self.wfd, select.POLLOUT)
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
 
     def _readable(self) -> None:
         try:
@@ -1072,12 +1167,15 @@ class _Driver:
         if self.closed:
             return
         self.closed = True
+        self._stop_reading()
+        self.engine.eof()
+        self.loop.stop()
+
+    def _stop_reading(self) -> None:
         try:
             self.loop.remove_reader(self.rfd)
         except (ValueError, OSError):
             pass
-        self.engine.eof()
-        self.loop.stop()
 
     def _reader_thread(self) -> None:
         """Fallback for inputs epoll cannot watch (regular files)."""
@@ -1130,4 +1228,11 @@ def _early_signals() -> None:
 def run(filt: Filter, rfd: int = 0, wfd: int = 1) -> int:
     """Run the filter on smtpd's socket until EOF; returns the exit status."""
     _early_signals()
-    return _Driver(filt, rfd, wfd).run()
+    status = _Driver(filt, rfd, wfd).run()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        # A blocking handler (@in_thread) still runs past its deadline: the
+        # interpreter would wait for it at exit.  Everything is written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
