@@ -213,7 +213,10 @@ class SpfChecker:
             return SpfVerdict("none", identity, domain or None, why)
         deadline = time.monotonic() + self.timeout
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._pool, self._run, ip.strip(), s, helo.strip(), deadline)
+        try:
+            job = loop.run_in_executor(self._pool, self._run, ip.strip(), s, helo.strip(), deadline)
+        except RuntimeError:  # closed: a caller's bug, still not a verdict
+            return SpfVerdict("temperror", identity, domain, "the checker is closed")
         try:
             async with asyncio.timeout(self.timeout):
                 result, explanation = await job

@@ -16,6 +16,7 @@ import spf as pyspf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import filterkit  # noqa: F401  (smtpd_filters from a checkout that is not installed)
 from smtpd_filter_sdk.testing.dnsserver import DNSServer, Zone
 from smtpd_filters.spf import RESULTS, SpfChecker, spf_identity
 
@@ -225,6 +226,13 @@ def test_each_checker_asks_its_own_nameservers_and_plain_pyspf_is_untouched(serv
         finally:
             dns.resolver.default_resolver = saved
         assert box["r"][0] == "pass"
+
+
+def test_a_closed_checker_answers_temperror(server):
+    c = SpfChecker(timeout=1.0, nameservers=[f"127.0.0.1:{server.port}"])
+    c.close()
+    v = asyncio.run(c.evaluate(GOOD, "alice@pass.test", "x.test"))
+    assert (v.result, v.explanation) == ("temperror", "the checker is closed")
 
 
 def test_bad_arguments():
