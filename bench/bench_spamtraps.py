@@ -91,6 +91,7 @@ def load_redis(port: int, rows: list[tuple[str, int]]) -> None:
     for i, (key, exp) in enumerate(rows):
         pipe.hset(f"spamtraps:ip:{key}", mapping={"exp": exp, "hits": 1})
         pipe.expireat(f"spamtraps:ip:{key}", exp)
+        pipe.zadd("spamtraps:expiry", {key: exp})
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()

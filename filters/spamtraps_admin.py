@@ -109,7 +109,7 @@ def _redis_rows(opts, now: int, include_expired: bool) -> list[Trap]:
     from smtpd_filters.trapredis import RedisNames
 
     names, r, rows = RedisNames(opts.redisPrefix), _redis(opts), []
-    for k in r.scan_iter(match=names.hkey("*"), count=1000):
+    for k in r.scan_iter(match=names.hkey("*"), count=1000):  # the hashes: expired ones are gone
         h = r.hgetall(k)
         exp = int(h.get("exp", 0))
         if exp > now or include_expired:
@@ -125,7 +125,7 @@ def _redis_add(opts, keys: list[str], until: int, now: int) -> None:
     names, r = RedisNames(opts.redisPrefix, "admin"), _redis(opts)
     script = r.register_script(RECORD_SCRIPT)
     for key in keys:
-        script(keys=[names.hkey(key)], args=[until, now, 0, "", "admin", names.channel, key])
+        script(keys=[names.hkey(key), names.index], args=[until, now, 0, "", "admin", names.channel, key])
 
 
 def _redis_del(opts, keys: list[str]) -> None:
@@ -134,6 +134,7 @@ def _redis_del(opts, keys: list[str]) -> None:
     names, r = RedisNames(opts.redisPrefix), _redis(opts)
     for key in keys:
         r.delete(names.hkey(key))
+        r.zrem(names.index, key)
         r.publish(names.channel, f"d {key}")
 
 

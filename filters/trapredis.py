@@ -7,7 +7,9 @@
 Redis holds one hash per trapped client, ``<prefix>ip:<key>`` with fields
 ``exp`` (blocked until, epoch seconds), ``hits``, ``first``, ``last``,
 ``trap``, ``host``; the key's TTL is the expiry, so Redis forgets expired
-traps by itself.  A hit is written by one Lua script (the expiry only ever
+traps by itself.  The sorted set ``<prefix>expiry`` (member: the client key,
+score: its expiry) is the index a host reads at (re)connection - one
+ZRANGE BYSCORE per 5,000 clients instead of a SCAN and a read per client.  A hit is written by one Lua script (the expiry only ever
 grows, the hit counted, the change published) so that two MX hosts trapping
 the same client at once agree.
 
@@ -17,7 +19,7 @@ every filter subscribes and puts the entry into its in-memory cache (and its
 local SQLite, the fallback), so the next session from that client is refused
 without asking Redis - the connect path never does network I/O.  Messages
 sent while a host was cut off are lost, so on every (re)connection it reads
-all ``<prefix>ip:*`` hashes (SCAN) and pushes the hits it recorded while
+the whole index (the clients still blocked) and pushes the hits it recorded while
 Redis was away.
 
 Redis unreachable: sessions are decided from the local store as before, the
@@ -38,16 +40,18 @@ from smtpd_filters.trapstore import Trap, TrapStore, parse_key
 
 __all__ = ["RECORD_SCRIPT", "RedisMirror", "RedisNames", "check_url", "record"]
 
-#: KEYS[1] hash; ARGV: exp, now, hits to add, trap, host, channel, key
+#: KEYS[1] hash, KEYS[2] index; ARGV: exp, now, hits to add, trap, host, channel, key
 RECORD_SCRIPT = """
 local old = tonumber(redis.call('HGET', KEYS[1], 'exp') or '0')
 local exp = tonumber(ARGV[1])
 if exp > old then
   redis.call('HSET', KEYS[1], 'exp', ARGV[1])
   redis.call('EXPIREAT', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], exp, ARGV[7])
 else
   exp = old
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('HINCRBY', KEYS[1], 'hits', ARGV[3])
   redis.call('HSET', KEYS[1], 'last', ARGV[2], 'trap', ARGV[4], 'host', ARGV[5])
@@ -73,6 +77,8 @@ class RedisNames:
 
     def __init__(self, prefix: str = "spamtraps:", host: str = "") -> None:
         self.prefix, self.host, self.channel = prefix, host, prefix + "events"
+
+        self.index = prefix + "expiry"
 
     def hkey(self, key: str) -> str:
         return f"{self.prefix}ip:{key}"
@@ -153,24 +159,21 @@ class RedisMirror(RedisNames):
         return await self.sync(client)
 
     async def sync(self, client: Any) -> int:
-        """Every trapped client in Redis into the local store."""
-        count = 0
-        now = time.time()
-        async for batch in _batches(client.scan_iter(match=self.hkey("*"), count=1000), 500):
-            pipe = client.pipeline(transaction=False)
-            for k in batch:
-                pipe.hget(k, "exp")
+        """Every client Redis says is still blocked into the local store."""
+        count, offset, now = 0, 0, int(time.time())
+        while True:
+            batch = await client.zrange(self.index, now + 1, "+inf", byscore=True, offset=offset, num=5000, withscores=True)
             items = []
-            for k, exp in zip(batch, await pipe.execute()):
+            for member, score in batch:
                 try:
-                    key, until = parse_key(k[len(self.hkey("")):]), int(exp or 0)
+                    items.append((parse_key(member), int(score)))
                 except ValueError:
                     continue  # not ours (or damaged): never block on it
-                if until > now:
-                    items.append((key, until))
             self.store.merge_many(items)
             count += len(items)
-        return count
+            offset += len(batch)
+            if len(batch) < 5000:
+                return count
 
     async def _serve(self, client: Any) -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -223,7 +226,7 @@ class RedisMirror(RedisNames):
 async def record(script: Any, mirror: RedisNames, trap: Trap, hits: int) -> int:
     """Run the record script for one client: the expiry it has now."""
     return int(await script(
-        keys=[mirror.hkey(trap.key)],
+        keys=[mirror.hkey(trap.key), mirror.index],
         args=[trap.expires, trap.last, hits, trap.trap, trap.host or mirror.host, mirror.channel, trap.key],
     ))
 

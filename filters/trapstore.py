@@ -13,8 +13,8 @@ a write never holds up a session; it computes the expiry (escalation needs the
 old row) and puts it in the cache.  Every ``poll`` seconds it reads the rows
 changed since last time (``seq``, a per-row change counter) so that entries
 added or deleted by the admin CLI (``py-spamtraps``) or a second filter
-process reach the cache.  Dict assignments are atomic under the GIL: the
-thread updates single keys, the event loop reads them.
+process reach the cache (:mod:`smtpd_filters.trapcache`: compact, and safe
+to share between the two threads).
 
 A key is the client's address as text, or for IPv6 with ``v6prefix`` its
 network (``2001:db8:1:2::/64``).  Deleting writes a tombstone (expiry 0) so
@@ -31,6 +31,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+from smtpd_filters.trapcache import TrapCache, cache_key
 
 __all__ = ["Policy", "Trap", "TrapStore", "apply_hit", "cache_key", "client_keys", "parse_key", "record_key"]
 
@@ -120,18 +122,6 @@ def client_keys(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, v6prefix: int
     return tuple(keys)
 
 
-def cache_key(key: str) -> int | str:
-    """How the in-memory cache holds a key: an IPv4 address as its integer
-    (a 32-byte int instead of a ~60-byte str: 10^5 trapped clients fit in
-    the memory target), anything else as its text."""
-    if key.count(".") == 3 and "/" not in key:
-        try:
-            return int(ipaddress.IPv4Address(key))
-        except ValueError:
-            pass
-    return key
-
-
 def parse_key(text: str) -> str:
     """An address or network from the admin CLI, as a key (ValueError if bad)."""
     t = text.strip()
@@ -170,8 +160,9 @@ class TrapStore:
         #: called in the worker thread with each written hit (the Redis mirror)
         self.on_recorded = on_recorded
         #: cache_key(key) -> blocked until (epoch seconds)
-        self.cache: dict[int | str, int] = {}
+        self.cache = TrapCache()
         self._seq = 0
+        self._pruned = time.monotonic()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._db = self._connect()  # created here, then used only by the worker thread
         self._load()
@@ -213,25 +204,18 @@ class TrapStore:
     def merge_many(self, items: Sequence[tuple[str, int]]) -> int:
         """Several at once (a resync); only what lengthens a block is
         queued for SQLite, as one operation.  Returns how many were new."""
-        cache, news = self.cache, []
-        for key, expires in items:
-            ck = cache_key(key)
-            if cache.get(ck, 0) < expires:
-                cache[ck] = expires
-                news.append((key, expires))
+        news = [(key, expires) for key, expires in items if self.cache.raise_to(cache_key(key), expires)]
         if news:
             self._queue.put(("merge", news))
         return len(news)
 
     def forget(self, key: str) -> None:
         """Unblock ``key`` (tombstone in SQLite)."""
-        self.cache.pop(cache_key(key), None)
+        self.cache.pop(cache_key(key))
         self._queue.put(("forget", key))
 
     def _raise(self, key: str, expires: int) -> None:
-        ck = cache_key(key)
-        if self.cache.get(ck, 0) < expires:
-            self.cache[ck] = expires
+        self.cache.raise_to(cache_key(key), expires)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far is written."""
@@ -262,7 +246,7 @@ class TrapStore:
     def _load(self) -> None:
         now = int(self.clock())
         cur = self._db.execute("SELECT key, expires FROM traps WHERE expires > ?", (now,))
-        self.cache = {cache_key(k): e for k, e in cur}
+        self.cache = TrapCache.build(cur)
         self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM traps").fetchone()[0]
 
     def _worker(self) -> None:
@@ -354,14 +338,13 @@ class TrapStore:
         cache = self.cache
         for key, expires, seq in rows:
             if expires > now:
-                cache[cache_key(key)] = expires
+                cache.set(cache_key(key), expires)
             else:
-                cache.pop(cache_key(key), None)
+                cache.pop(cache_key(key))
             self._seq = seq
-        if len(cache) > 1000 and rows:
-            for key, exp in list(cache.items()):
-                if exp <= now:
-                    cache.pop(key, None)
+        if time.monotonic() - self._pruned > 600:  # expired entries cost memory, not correctness
+            cache.prune(now)
+            self._pruned = time.monotonic()
 
     # -- admin (the CLI; synchronous, own connection) ------------------------
 
@@ -380,7 +363,7 @@ class TrapStore:
         old = self._row(key)
         t = old or Trap(key, now, now, 0, 0, now, 0, "", self.host or "admin")
         t.expires = expires
-        self.cache[cache_key(key)] = expires
+        self.cache.set(cache_key(key), expires)
         self._write(t)
 
     def purge(self) -> int:

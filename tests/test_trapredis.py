@@ -87,6 +87,7 @@ def test_a_new_host_reads_what_is_already_trapped(tmp_path, server, prefix):
     exp = int(time.time()) + 600
     r.hset(f"{prefix}ip:2001:db8::/64", mapping={"exp": exp, "hits": 3})
     r.expireat(f"{prefix}ip:2001:db8::/64", exp)
+    r.zadd(f"{prefix}expiry", {"2001:db8::/64": exp, "not-an-address": exp, "192.0.2.99": exp - 700})
 
     async def scenario(mx1):
         await until(lambda: mx1.store.blocked_until(["2001:db8::/64"]) == exp)
@@ -141,6 +142,7 @@ def test_an_admin_delete_reaches_every_host(tmp_path, server, prefix):
         await until(lambda: mx2.store.blocked_until(["192.0.2.11"]) is not None)
         r = redis.Redis.from_url(server.url, decode_responses=True)
         r.delete(f"{prefix}ip:192.0.2.11")
+        r.zrem(f"{prefix}expiry", "192.0.2.11")
         r.publish(f"{prefix}events", "d 192.0.2.11")
         await until(lambda: mx1.store.blocked_until(["192.0.2.11"]) is None and mx2.store.blocked_until(["192.0.2.11"]) is None)
         mx2.mirror.apply("t not-a-number")  # garbage on the channel is logged, not fatal
@@ -152,16 +154,17 @@ def test_an_admin_delete_reaches_every_host(tmp_path, server, prefix):
 def test_the_record_script_never_shortens_and_counts_hits(server, prefix):
     r = redis.Redis.from_url(server.url, decode_responses=True)
     script = r.register_script(RECORD_SCRIPT)
-    key, chan = f"{prefix}ip:192.0.2.1", f"{prefix}events"
+    key, chan, index = f"{prefix}ip:192.0.2.1", f"{prefix}events", f"{prefix}expiry"
     now = int(time.time())
     p = r.pubsub(ignore_subscribe_messages=True)
     p.subscribe(chan)
-    assert int(script(keys=[key], args=[now + 1000, now, 1, "a@x", "mx1", chan, "192.0.2.1"])) == now + 1000
-    assert int(script(keys=[key], args=[now + 10, now + 5, 1, "b@x", "mx2", chan, "192.0.2.1"])) == now + 1000
-    assert int(script(keys=[key], args=[now + 5000, now + 6, 0, "", "admin", chan, "192.0.2.1"])) == now + 5000
+    assert int(script(keys=[key, index], args=[now + 1000, now, 1, "a@x", "mx1", chan, "192.0.2.1"])) == now + 1000
+    assert int(script(keys=[key, index], args=[now + 10, now + 5, 1, "b@x", "mx2", chan, "192.0.2.1"])) == now + 1000
+    assert int(script(keys=[key, index], args=[now + 5000, now + 6, 0, "", "admin", chan, "192.0.2.1"])) == now + 5000
     h = r.hgetall(key)
     assert h == {"exp": str(now + 5000), "hits": "2", "first": str(now), "last": str(now + 5), "trap": "b@x", "host": "mx2"}
     assert 4990 < r.ttl(key) <= 5000
+    assert r.zrange(index, 0, -1, withscores=True) == [("192.0.2.1", now + 5000)]
     msgs = []
     end = time.monotonic() + 2
     while len(msgs) < 3 and time.monotonic() < end:
