@@ -204,7 +204,11 @@ class TrapStore:
     def merge_many(self, items: Sequence[tuple[str, int]]) -> int:
         """Several at once (a resync); only what lengthens a block is
         queued for SQLite, as one operation.  Returns how many were new."""
-        news = [(key, expires) for key, expires in items if self.cache.raise_to(cache_key(key), expires)]
+        cache, news = self.cache, []
+        for key, expires in items:
+            ck = cache_key(key)
+            if (cache.get(ck) or 0) < expires and cache.raise_to(ck, expires):  # the lock only for news
+                news.append((key, expires))
         if news:
             self._queue.put(("merge", news))
         return len(news)
