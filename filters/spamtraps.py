@@ -27,6 +27,7 @@ expires (-expire, default 24h).  The reply never reveals the trap:
   -spf                never trap a sender whose domain is on -spfDomains and
                       passes SPF (default on; -spf=false)
   -spfDomains FILE    those domains (default: big providers, see SPF_DOMAINS)
+  -spfTimeout S       an SPF check's deadline (default 3); -resolver HOST[:PORT]
   -db PATH            the SQLite record (WAL), read by ``py-spamtraps``
   -redis URL          share trapped addresses with other MX hosts
   -dryRun             decide and log, always proceed
@@ -48,6 +49,7 @@ import time
 from typing import Any, Sequence
 
 from smtpd_filter_sdk import Filter, disconnect, junk, reject
+from smtpd_filter_sdk.dns import check_nameservers
 from smtpd_filter_sdk.goflags import GoFlags, Options, duration, lookup_timeout
 from smtpd_filter_sdk.netaddr import CIDRList, DomainList, ListFile, ListFileError, client_ip
 
@@ -100,6 +102,7 @@ def flags() -> GoFlags:
     g.bool("spf", True, "never trap senders of -spfDomains whose SPF passes")
     g.string("spfDomains", "", "file of such domains (default: large mail providers)", metavar="FILE")
     g.float("spfTimeout", 3.0, "seconds an SPF check may take", validate=lookup_timeout)
+    g.string("resolver", "", "resolver for SPF, HOST[:PORT][,...] (default: /etc/resolv.conf)", metavar="HOST[:PORT]", validate=check_nameservers)
     g.string("db", "/var/lib/py-filter-spamtraps/traps.db", "SQLite file of trapped clients", metavar="PATH")
     g.string("redis", "", "share trapped clients through Redis (redis://host:port/db, unix:///path)", metavar="URL", validate=_redis_url)
     g.string("redisPrefix", "spamtraps:", "prefix of the Redis keys and channel", metavar="PREFIX")
@@ -231,7 +234,7 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
             from smtpd_filters.spf import SpfChecker
         except ImportError as exc:
             raise StartupError(f"SPF checks need smtpd_filters.spf ({exc}); -spf=false runs without them") from None
-        spf = SpfChecker(timeout=opts.spfTimeout)
+        spf = SpfChecker(timeout=opts.spfTimeout, nameservers=opts.resolver.split(",") if opts.resolver else None)
     st = SpamTraps(opts, log, store, spf)
     f.spamtraps = st  # type: ignore[attr-defined]  (for tests)
     if opts.redis:

@@ -144,3 +144,32 @@ def test_a_bad_trap_line_is_named_in_smtpds_log(bare_smtpd_factory, e2e_runtime)
     with pytest.raises(RuntimeError) as exc:
         bare_smtpd_factory([f"py-filter-spamtraps -traps {d / 'traps'} -db {d / 't.db'} -spf=false"])
     assert f"f1: py-filter-spamtraps: {d / 'traps'}:2: bad regex" in str(exc.value)
+
+
+def test_a_sender_passing_spf_for_a_listed_domain_is_not_trapped(bare_smtpd_factory, state):
+    """SPF on (the default), the namespace's DNS server publishes
+    ``client.e2e.test TXT "v=spf1 ip4:127.0.0.9 -all"``: 127.0.0.9 sending as
+    @client.e2e.test to a trap passes, 127.0.0.10 with the same sender is
+    trapped."""
+    from e2e_harness import default_zone
+
+    (state / "spf-domains").write_text("client.e2e.test\n")
+    (state / "spf-domains").chmod(0o644)
+    zone = default_zone().add("client.e2e.test", "TXT", "v=spf1 ip4:127.0.0.9 -all")
+    srv = bare_smtpd_factory(
+        [f"py-filter-spamtraps -traps {state / 'traps'} -db {state / 'spf.db'} -spfDomains {state / 'spf-domains'}"],
+        zone=zone,
+    )
+    tok = token()
+    with client(srv, "127.0.0.9") as c:
+        c.ehlo("client.e2e.test")
+        assert c.sendmail(FROM, [f"trap@{DOMAIN}"], make_message(tok, to=f"trap@{DOMAIN}")) == {}
+    srv.maildir.wait_for(tok)
+    assert srv.wait_log(rf"f1: \S+ rcpt-to: trap trap@{DOMAIN}: not trapped \(SPF pass for client\.e2e\.test\)")
+    assert banner(srv, "127.0.0.9").startswith("220 ")
+    with client(srv, "127.0.0.10") as c:
+        c.ehlo("client.e2e.test")
+        c.mail(FROM)
+        assert c.rcpt(f"trap@{DOMAIN}")[0] == 550
+    assert srv.wait_log(rf"f1: \S+ rcpt-to: trap trap@{DOMAIN}: SPF fail for client\.e2e\.test")
+    assert banner(srv, "127.0.0.10") == REFUSED
