@@ -30,6 +30,8 @@ expires (-expire, default 24h).  The reply never reveals the trap:
   -spfTimeout S       an SPF check's deadline (default 3); -resolver HOST[:PORT]
   -db PATH            the SQLite record (WAL), read by ``py-spamtraps``
   -redis URL          share trapped addresses with other MX hosts
+  -learnSpam URL      teach rspamd (its controller, /learnspam) the messages
+                      trapped sessions send; -learnPassword if it asks for one
   -dryRun             decide and log, always proceed
 
 Never trapped: authenticated and local sessions, allowlisted addresses,
@@ -106,6 +108,9 @@ def flags() -> GoFlags:
     g.string("db", "/var/lib/py-filter-spamtraps/traps.db", "SQLite file of trapped clients", metavar="PATH")
     g.string("redis", "", "share trapped clients through Redis (redis://host:port/db, unix:///path)", metavar="URL", validate=_redis_url)
     g.string("redisPrefix", "spamtraps:", "prefix of the Redis keys and channel", metavar="PREFIX")
+    g.string("learnSpam", "", "rspamd controller to teach trapped messages as spam (POST /learnspam)", metavar="URL")
+    g.string("learnPassword", "", "the controller's password (Password header), if it asks for one", metavar="PASSWORD")
+    g.float("learnTimeout", 10.0, "seconds a /learnspam request may take", validate=lookup_timeout)
     g.bool("dryRun", False, "log decisions but always proceed, record nothing")
     return g
 
@@ -222,7 +227,7 @@ class SpamTraps:
 
 def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> Filter:
     """The filter for parsed flags (``store``, ``spf``: for tests)."""
-    f = Filter("spamtraps", on_error="fail-open", deadline=opts.spfTimeout + 2.0)
+    f = Filter("spamtraps", on_error="fail-open", deadline=max(opts.spfTimeout, opts.learnTimeout) + 2.0)
     log = lambda *a: f.log(*a)  # noqa: E731  (f.log may be swapped by harnesses)
     if store is None:
         try:
@@ -327,7 +332,59 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
             return spf_then_trap(session, address, entry, domain)
         return trap(session, address, entry)
 
+    if opts.learnSpam and not opts.dryRun:
+        learn_spam(f, opts)
+
     return f
+
+
+#: a trapped message larger than this is passed on but not sent to rspamd
+LEARN_MAX = 10 << 20
+LEARN = "spamtraps.learn"
+
+
+def learn_spam(f: Filter, opts: Options) -> None:
+    """Send the messages of trapped sessions to rspamd's /learnspam, after
+    smtpd committed them; asynchronous, failures only logged."""
+    from smtpd_filter_sdk.http import HTTPClient, HTTPError  # aiohttp: needed only with -learnSpam
+
+    client = HTTPClient(opts.learnSpam, timeout=opts.learnTimeout)
+    headers = [("Password", opts.learnPassword)] if opts.learnPassword else []
+
+    @f.on_data_line
+    def collect(session, line):
+        # Only a trapped session's lines are kept (the trap was hit at RCPT,
+        # before DATA); everyone else's pass by untouched.
+        if session.data.get(KEY):
+            buf = session.data.setdefault(LEARN, [0])
+            if buf[0] <= LEARN_MAX:
+                buf.append(line)
+                buf[0] += len(line) + 2
+        return None
+
+    @f.on_report("tx-rollback", "tx-reset")
+    def forget(session, report):
+        session.data.pop(LEARN, None)
+
+    @f.on_report("tx-commit")
+    async def learn(session, report):
+        buf = session.data.pop(LEARN, None)
+        if not buf:
+            return
+        if buf[0] > LEARN_MAX:
+            f.log(f"learnspam: message over {LEARN_MAX} bytes not sent", session.id)
+            return
+        body = b"\r\n".join(buf[1:]) + b"\r\n"
+        try:
+            reply = await client.post("/learnspam", body, headers)
+        except HTTPError as exc:
+            f.log(f"learnspam: {opts.learnSpam} failed ({exc})", session.id)
+            return
+        f.log(f"learnspam: {len(body)} bytes learnt as spam (HTTP {reply.status})", session.id)
+
+    @f.on_shutdown
+    async def close_client():
+        await client.close()
 
 
 def _utc(epoch: int) -> str:

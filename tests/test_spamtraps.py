@@ -313,3 +313,19 @@ def test_an_unusable_database_is_a_one_line_startup_error(files):
     r = run_main("-traps", str(files / "traps"), "-db", str(files / "no" / "such" / "dir" / "t.db"), "-spf=false")
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
     assert "unable to open database file" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("action", ["reject", "disconnect", "junk"])
+def test_smtpd_filter_check_is_clean_for_every_dialect(tmp_path, action):
+    """The SDK's checker (built-in sessions + fuzzed streams, every released
+    protocol dialect), with every recipient a trap and the clients trapped
+    from the second session on."""
+    from smtpd_filter_sdk.testing.checker import RELEASED_DIALECTS, check
+
+    (tmp_path / "traps").write_text("*@example.net\n*@example.org\n/@example\\.com$/\n")
+    cmd = filterkit.command("spamtraps", "-traps", str(tmp_path / "traps"), "-db", str(tmp_path / "t.db"),
+                            "-spf=false", "-action", action, "-blockPhase", "mail-from")
+    result = check(cmd, RELEASED_DIALECTS, env_extra={"PYTHONPATH": str(filterkit.REPO)}, out=None, fuzz=5)
+    bad = [f.format() for f in result.findings if f.severity in ("FATAL", "HANG")]
+    assert not bad, bad
+    assert {f.rule for f in result.findings} <= {"legacy-truncation"}
