@@ -329,3 +329,37 @@ def test_smtpd_filter_check_is_clean_for_every_dialect(tmp_path, action):
     bad = [f.format() for f in result.findings if f.severity in ("FATAL", "HANG")]
     assert not bad, bad
     assert {f.rule for f in result.findings} <= {"legacy-truncation"}
+
+
+def test_the_process_sighup_reloads_and_a_bad_file_keeps_the_old_list_and_eof_flushes(tmp_path):
+    import os
+    import signal
+    import time
+
+    from smtpd_filter_sdk.testing.harness import SubprocessHarness
+    from smtpd_filters.trapstore import TrapStore
+
+    traps = tmp_path / "traps"
+    traps.write_text("old@example.org\n")
+    cmd = filterkit.command("spamtraps", "-traps", str(traps), "-db", str(tmp_path / "t.db"), "-spf=false")
+
+    def wait_log(h, text):
+        deadline = time.monotonic() + 5
+        while not any(text in line for line in h.stderr) and time.monotonic() < deadline:
+            h.transport.recv(0.05)
+        assert any(text in line for line in h.stderr), h.stderr
+
+    with SubprocessHarness(cmd, env_extra={"PYTHONPATH": str(filterkit.REPO)}) as h:
+        traps.write_text("new@example.org\n/(unclosed/\n")
+        os.kill(h.transport.proc.pid, signal.SIGHUP)
+        wait_log(h, "reload failed")
+        assert any(f"{traps}:2: bad regex" in line for line in h.stderr)
+        assert hit_trap(h, src="192.0.2.1", rcpt="old@example.org")[1].decision == "reject"
+        traps.write_text("new@example.org\n")
+        os.kill(h.transport.proc.pid, signal.SIGHUP)
+        wait_log(h, "reloaded")
+        assert hit_trap(h, src="192.0.2.2", rcpt="old@example.org")[1].decision == "proceed"
+        assert hit_trap(h, src="192.0.2.3", rcpt="new@example.org")[1].decision == "reject"
+    # smtpd gone (EOF): the process wrote its pending hits before it exited
+    rows = TrapStore(str(tmp_path / "t.db"), worker=False).rows()
+    assert sorted(t.key for t in rows) == ["192.0.2.1", "192.0.2.3"]
