@@ -95,8 +95,8 @@ def flags() -> GoFlags:
     g.choice("action", "reject", ("reject", "disconnect", "junk"), "answer to the trap recipient itself")
     g.string("expire", "24h", "how long a trap hit blocks the client", metavar="DURATION", validate=duration)
     g.int("escalateHits", 0, "this many hits within -escalateWithin block for -escalateExpire (0: off)", validate=_non_negative_int)
-    g.string("escalateWithin", "1h", "window for -escalateHits", metavar="DURATION", validate=duration)
-    g.string("escalateExpire", "7d", "block after -escalateHits", metavar="DURATION", validate=duration)
+    g.string("escalateWithin", "7d", "window for -escalateHits", metavar="DURATION", validate=duration)
+    g.string("escalateExpire", "30d", "block after -escalateHits", metavar="DURATION", validate=duration)
     g.choice("blockPhase", "connect", BLOCK_PHASES, "phase at which trapped clients are refused", metavar="PHASE")
     g.choice("blockReply", "temp", tuple(BLOCK_REPLIES), "refuse trapped clients with 421 (temp) or 554 (perm)")
     g.int("ipv6Prefix", 128, "trap IPv6 clients by their /N network", validate=_v6prefix)
@@ -295,7 +295,7 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
         data[KEY] = entry
         key = record_key(ip, opts.ipv6Prefix)
         if opts.dryRun:
-            f.log(f"rcpt-to: trap {entry} hit by {key}: would {opts.action} and block for {opts.expire}{dry}", session.id)
+            f.log(f"rcpt-to: trap {entry} hit by {key}: would {opts.action} and block for {seconds(opts.expire)}s{dry}", session.id)
             return None
         until = store.hit(key, entry)
         f.log(f"rcpt-to: trap {entry} hit by {key}: {opts.action}, blocked until {_utc(until)}", session.id)
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atexit.register(st.store.close)
     f.log(
         f"starting ({len(st.traps)} traps, {len(st.store.cache)} trapped clients in {opts.db}; "
-        f"action={opts.action} expire={opts.expire} blockPhase={opts.blockPhase}"
+        f"action={opts.action} expire={seconds(opts.expire)}s blockPhase={opts.blockPhase}"
         f"{' redis=' + opts.redis if opts.redis else ''}{' dry run' if opts.dryRun else ''})"
     )
     f.run()

@@ -251,7 +251,7 @@ def test_dry_run_logs_and_records_nothing(files):
     with h:
         s, step = hit_trap(h)
         assert step.decision == "proceed"
-        assert any("would reject and block for 24h (dry run)" in line for line in h.stderr)
+        assert any("would reject and block for 86400s (dry run)" in line for line in h.stderr)
         f.spamtraps.store.flush()
         assert f.spamtraps.store.rows() == []
         assert h.session(src="192.0.2.7").connect.decision == "proceed"
@@ -363,3 +363,20 @@ def test_the_process_sighup_reloads_and_a_bad_file_keeps_the_old_list_and_eof_fl
     # smtpd gone (EOF): the process wrote its pending hits before it exited
     rows = TrapStore(str(tmp_path / "t.db"), worker=False).rows()
     assert sorted(t.key for t in rows) == ["192.0.2.1", "192.0.2.3"]
+
+
+def test_escalation_the_third_hit_within_a_week_blocks_for_a_month(files):
+    clock = Clock()
+    h, f = make(files, "-expire", "1d", "-escalateHits", "3", clock=clock)
+    store = f.spamtraps.store
+    with h:
+        for n in range(3):
+            assert h.session(src="192.0.2.7").connect.decision == "proceed"
+            hit_trap(h)
+            store.flush()
+            until = store.blocked_until(["192.0.2.7"])
+            assert until == clock.now + (30 * 86400 if n == 2 else 86400)
+            clock.now += 2 * 86400  # the block is over; still within the week
+        [t] = store.rows()
+        assert t.hits == 3
+    store.close()
