@@ -242,6 +242,17 @@ def test_domain_is_chosen_as_filter_dkimsign_does(published, tmp_path, author, e
     assert d_tag(run) == expected
 
 
+atom = st.text(alphabet="abcXYZ019.-_+'=", min_size=1, max_size=8)
+display = st.one_of(st.just(""), st.text(alphabet="ab Cé.'-\"(),", max_size=12))
+
+
+@settings(max_examples=500, deadline=None)
+@given(display, atom, st.lists(atom, min_size=1, max_size=3), st.sampled_from(["{d} <{a}>", "{a}", "{a} ({d})", "<{a}>, x@y.z", " {d}<{a}> "]))
+def test_property_from_domain_agrees_with_the_rfc5322_parser(name, local, labels, form):
+    value = form.format(d=name, a=f"{local}@{'.'.join(labels)}")
+    assert dkimcore.from_domain(value) == dkimcore.parsed_from_domain(value)
+
+
 def test_per_domain_keys_and_dual_signing(published):
     publish(published, [("ed1", "second.example", "ed.key")])
     f = make_filter(
