@@ -271,3 +271,7 @@ def test_property_watched_message(header_lines, body):
     assert all(is_fatal_output(line) is None for line in out)
     assert payloads(out)[0].startswith(b"X-Seen: ") and payloads(out)[1:] == wire_in + [b"."]
     assert seen == [b"".join(x + b"\r\n" for x in body)]
+    # the same message in one read (the hot loop's path for consecutive lines)
+    d.send(d.wire.report(TS, "tx-reset", SID, "0a0b0c0d"))
+    whole = d.feed(b"".join(line + b"\n" for line in data_lines(d, wire_in + [b"."])))
+    assert payloads(whole)[1:] == wire_in + [b"."] and seen[1] == seen[0]
