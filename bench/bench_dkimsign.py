@@ -65,26 +65,10 @@ def make_keys(d: str) -> dict[str, str]:
 
 
 def compare(flags: str, size: list[str], n: int, repeats: int) -> dict:
-    argv = [
-        fd.PY, os.path.join(fd.HERE, "run.py"), "--isolate", "no", *size, "-n", str(n),
-        "--repeats", str(repeats), "--env", f"PYTHONPATH={fd.REPO}", "--json",
-        "--name", "py-filter-dkimsign", f"{OURS} {flags}", "--against", f"{ANCHOR} {flags}",
-        "--against-name", "filter-dkimsign",
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-    comp: dict = {}
-    for line in out.stdout.splitlines():
-        if line.startswith("{"):
-            obj = json.loads(line)
-            if "comparison_summary" in obj:
-                comp = obj["comparison_summary"]
-            elif "skipped" in obj:
-                comp = obj
-        else:
-            print("   " + line, flush=True)
-    if out.returncode != 0 and not comp:
-        print(out.stderr[-2000:], file=sys.stderr)
-    return comp
+    return fd.compare(
+        ["--isolate", "no", *size, "-n", str(n), "--repeats", str(repeats)],
+        f"{OURS} {flags}", f"{ANCHOR} {flags}", ("py-filter-dkimsign", "filter-dkimsign"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
