@@ -83,6 +83,13 @@ def load_key(path: str) -> Key:
     raise KeyError_(f"key file {path}: {type(private).__name__} keys cannot sign DKIM (rsa or ed25519)")
 
 
+def throwaway_key(kind: str) -> Key:
+    """A fresh key held only in memory (demos and tests; nobody can verify it)."""
+    if kind == "rsa":
+        return Key("(throw-away)", "rsa", rsa.generate_private_key(65537, 2048))
+    return Key("(throw-away)", "ed25519", ed25519.Ed25519PrivateKey.generate())
+
+
 def _raw_ed25519_seed(data: bytes) -> bytes | None:
     try:
         seed = base64.b64decode(data.strip(), validate=True)

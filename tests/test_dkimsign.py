@@ -286,6 +286,7 @@ def test_oversigned_from_breaks_when_a_from_is_added_later(published):
 )
 def test_auth_only(published, src, auth, signed, capfd):
     f = make_filter(published, "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org", "-authOnly")
+    assert {("smtp-in", "link-connect"), ("smtp-in", "link-auth")} <= f.registrations()[0]  # smtpd must send them
     run = Run(f, message(), src=src, auth=auth)
     assert bool(run.signatures) is signed
     if not signed:
@@ -295,7 +296,13 @@ def test_auth_only(published, src, auth, signed, capfd):
 @pytest.mark.parametrize("sender, signed", [("bob@example.org", True), ("bob@lists.example.org", True), ("", True), ("x@evil.example", False)])
 def test_aligned(published, sender, signed):
     f = make_filter(published, "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org", "-aligned")
+    assert ("smtp-in", "tx-mail") in f.registrations()[0]
     assert bool(Run(f, message(), mail_from=sender).signatures) is signed
+
+
+def test_plain_signing_asks_smtpd_for_no_report_it_does_not_need(published):
+    reports, phases = make_filter(published, "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org").registrations()
+    assert {event for _, event in reports} == {"link-disconnect", "tx-reset"} and phases == {"data-line", "commit"}
 
 
 def test_dry_run_decides_and_adds_nothing(published, capfd):

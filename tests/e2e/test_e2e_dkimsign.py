@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pwd
 import shutil
+import ssl
 
 import dkim
 import pytest
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 import filterkit  # noqa: F401  (filters/ as smtpd_filters)
 from e2e_bare import bare_smtpd_factory  # noqa: F401  (fixture)
-from e2e_harness import DOMAIN, default_zone, make_message, token
+from e2e_harness import AUTH_PASSWORD, AUTH_USER, DOMAIN, default_zone, make_message, token
 from smtpd_filters import dkimcore
 
 pytestmark = pytest.mark.e2e
@@ -48,14 +49,26 @@ def keys(e2e_runtime):
     return d, records
 
 
-@pytest.fixture(scope="module")
-def server(bare_smtpd_factory, keys):
-    d, records = keys
+def key_zone(records):
     zone = default_zone()
     for name, txt in records.items():
         zone.add(name, "TXT", txt)
+    return zone
+
+
+@pytest.fixture(scope="module")
+def server(bare_smtpd_factory, keys):
+    d, records = keys
     cmd = f"py-filter-dkimsign -c relaxed/relaxed -K {SIGNER}:rsa1:{d / 'rsa1.key'} -K {SIGNER}:ed1:{d / 'ed1.key'}"
-    return bare_smtpd_factory([cmd], zone=zone)
+    return bare_smtpd_factory([cmd], zone=key_zone(records))
+
+
+@pytest.fixture(scope="module")
+def auth_server(bare_smtpd_factory, keys):
+    """-authOnly on a server with port 25 (anyone) and 587 (STARTTLS + AUTH)."""
+    d, records = keys
+    cmd = f"py-filter-dkimsign -authOnly -d {SIGNER} -s rsa1 -k {d / 'rsa1.key'}"
+    return bare_smtpd_factory([cmd], zone=key_zone(records), submission=True)
 
 
 def dnsfunc_for(records):
@@ -102,3 +115,29 @@ def test_mail_of_another_domain_passes_unsigned_and_is_logged(server):
     m = server.maildir.wait_for(tok)
     assert m.headers("DKIM-Signature") == []
     assert server.wait_log(r"f1: \S+ not signed: From domain elsewhere\.e2e\.test has no signing domain")
+
+
+def test_a_folded_to_arrives_folded_and_verified(server, keys):
+    # research/protocol.md §4.6: smtpd's RFC 5322 pass after the filters may
+    # unfold To/Cc/From; 6.8.0p2 leaves them as they are on this listener.
+    tok = token()
+    msg = make_message(tok, sender=FROM).replace(b"To: bob@e2e.test\r\n", b"To: Bob\r\n <bob@e2e.test>\r\n")
+    send(server, msg)
+    m = server.maildir.wait_for(tok)
+    assert b"\nTo: Bob\n <bob@e2e.test>\n" in m.raw
+    assert dkim.DKIM(m.raw.replace(b"\n", b"\r\n")).verify(idx=0, dnsfunc=dnsfunc_for(keys[1]))
+
+
+def test_auth_only_signs_what_authenticated_users_submit(auth_server, keys):
+    anonymous, submitted = token(), token()
+    send(auth_server, make_message(anonymous, sender=FROM))
+    with auth_server.submission_client() as c:
+        c.starttls(context=ssl.create_default_context(cafile=str(auth_server.cert_path)))
+        c.ehlo("client.e2e.test")
+        assert c.login(AUTH_USER, AUTH_PASSWORD)[0] == 235
+        assert c.sendmail(FROM, [TO], make_message(submitted, sender=FROM)) == {}
+    assert auth_server.maildir.wait_for(anonymous).headers("DKIM-Signature") == []
+    assert auth_server.wait_log(r"f1: \S+ not signed: session neither authenticated nor local \(-authOnly\)")
+    m = auth_server.maildir.wait_for(submitted)
+    assert len(m.headers("DKIM-Signature")) == 1
+    assert dkim.DKIM(m.raw.replace(b"\n", b"\r\n")).verify(dnsfunc=dnsfunc_for(keys[1]))
