@@ -51,7 +51,8 @@ _RUN_MIN = 16
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 #: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
-#: session or None for pass-through, stream).
+#: session (line handler, or held for on_message_stream) or None for
+#: pass-through, stream).
 _FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
 
 
@@ -286,6 +287,11 @@ class Engine:
                             self._line_result(stream, payload, result)
                             ids = b"\n"
                         continue
+                    # A held stream (on_message_stream): keep the raw line.
+                    assert stream is not None
+                    if not self._hold(stream, rest[len(ids) :]):
+                        ids = b"\n"  # no longer held: look the stream up again
+                    continue
             ids = b"\n"
             handle(line)
         return len(lines), None, b""
@@ -674,14 +680,12 @@ class Engine:
             stream.held.append(payload)
         elif len(payload) > stream.room:
             self._too_long(stream, len(payload))  # never buffered, never handed over
+        elif mode == _WATCH:
+            self._hold(stream, payload)
         else:
             stream.size += len(payload) + 2
             if stream.size > self._max_size:
                 self._oversize(stream, payload)
-            elif mode == _WATCH:
-                stream.kept.append(payload)
-                if len(stream.kept) - stream.fed >= _WATCH_BATCH:
-                    self._feed_watcher(stream)
             elif mode == _HEADERS:
                 self._header_line(stream, payload)
             else:
@@ -717,13 +721,13 @@ class Engine:
     def _set_mode(self, stream: _Stream, mode: int) -> None:
         stream.mode = mode
         key = stream.sid + b"|"
-        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES):
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES, _WATCH):
             ids = key + stream.token_bar
             self._fast[key] = (
                 ids,
                 ids + b".",
                 stream.rest_room + len(key),
-                stream.session if mode == _LINES else None,
+                None if mode == _PASS else stream.session,
                 stream,
             )
         else:
@@ -945,6 +949,21 @@ class Engine:
             return
         stream.kept = pending
         stream.fed = 1 if pending[0] == b"" else 0  # the empty line is no body
+
+    def _hold(self, stream: _Stream, payload: bytes) -> bool:
+        """A body line of a watched message (raw, stuffed): kept for output,
+        shown to the watcher a batch at a time.  False once the message is no
+        longer held (past the cap, or the watcher failed)."""
+        stream.size += len(payload) + 2
+        if stream.size > self._max_size:
+            self._oversize(stream, payload)
+            return False
+        kept = stream.kept
+        kept.append(payload)
+        if len(kept) - stream.fed >= _WATCH_BATCH:
+            self._feed_watcher(stream)
+            return stream.mode == _WATCH
+        return True
 
     def _feed_watcher(self, stream: _Stream) -> None:
         """Hand the watcher the body lines it has not seen, as one chunk:
