@@ -505,6 +505,10 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
     def config(cfg):
         scanner.admd = cfg.admd
 
+    @f.on_shutdown
+    async def close():
+        await scanner.client.close()
+
     @f.on_message
     async def scan(session, msg):
         tx = session.tx

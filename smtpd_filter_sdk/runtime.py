@@ -355,6 +355,16 @@ class Engine:
                 task.cancel()
         self._tasks.clear()
 
+    async def shutdown(self) -> None:
+        """Run the filter's on_shutdown handlers (after eof); errors are logged."""
+        for fn in self.filter.shutdown_handlers:
+            try:
+                result = fn()
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, self.filter.deadline)
+            except Exception as exc:  # noqa: BLE001 - exiting anyway
+                self.log(f"shutdown handler {getattr(fn, '__name__', fn)!r} failed: {exc!r}")
+
     @property
     def busy(self) -> bool:
         return any(self._tasks.values())
@@ -957,6 +967,7 @@ class _Driver:
                 task.cancel()
             if pending:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(self.engine.shutdown())
             loop.close()
         return 0
 
