@@ -496,7 +496,14 @@ class Scanner:
 
 def build(opts: Options, client: HTTPClient | None = None) -> Filter:
     """The filter for parsed flags (``client`` for tests)."""
-    f = Filter("rspamd", on_error="fail-open" if opts.failMode == "open" else "fail-closed", deadline=opts.timeout + 5.0)
+    # -maxSize is the SDK's cap: a larger message is never buffered, it
+    # streams on unchanged and on_oversize is told
+    f = Filter(
+        "rspamd",
+        on_error="fail-open" if opts.failMode == "open" else "fail-closed",
+        deadline=opts.timeout + 5.0,
+        max_message_size=opts.maxSize or None,
+    )
     scanner = Scanner(opts, lambda *a: f.log(*a), client)
     f.scanner = scanner  # type: ignore[attr-defined]  (for tests)
     dry = " (dry run)" if opts.dryRun else ""
@@ -517,9 +524,6 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
             f.log(f"{qid}user={session.auth_user}: authenticated, not scanned", session.id)
             return None
         body = msg.as_bytes()
-        if opts.maxSize and len(body) > opts.maxSize:
-            f.log(f"{qid}size={len(body)}: larger than -maxSize {opts.maxSize}, not scanned", session.id)
-            return None
         try:
             reply = await scanner.scan(session, msg, body)
         except (HTTPError, ReplyError) as exc:
@@ -533,6 +537,12 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         verdict = decide(reply, msg, opts)
         f.log(f"{qid}{score} {verdict.what}", session.id)
         return verdict.decision
+
+    @f.on_oversize
+    def oversize(session, size):
+        tx = session.tx
+        qid = f"qid={tx.msgid} " if tx is not None else ""
+        f.log(f"{qid}larger than -maxSize {opts.maxSize} (over {size} bytes): passed unscanned", session.id)
 
     def failed(session, msg, qid: str, why: str):
         if opts.failMode == "open" or opts.dryRun:

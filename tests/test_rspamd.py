@@ -324,7 +324,7 @@ def test_max_size_passes_larger_messages_unscanned(srv):
     with make(srv, "-maxSize", "1000") as h:
         m = h.session().send_message(body=b"x" * 1000 + b"\n")
         assert m.commit.decision == "proceed"
-        assert any("larger than -maxSize 1000, not scanned" in l for l in h.stderr)
+        assert any("larger than -maxSize 1000" in l and "passed unscanned" in l for l in h.stderr)
         assert h.session().send_message(body=b"short\n").commit.decision == "reject"
     assert len(srv.requests) == before + 1
 
@@ -441,3 +441,61 @@ def test_garbage_is_a_reply_error_or_a_reply(data):
         return
     assert isinstance(r.action, str) and math.isfinite(r.score) and math.isfinite(r.required)
     assert all(isinstance(a.value, str) for a in r.add)
+
+
+# -- the drop-in claim: the Go filter and ours on the same transcript ---------------------------
+
+GO_FILTER = "/usr/libexec/opensmtpd/filter-rspamd"
+SYMBOLS = {"GTUBE": {"score": 0.0}, "MISSING_DATE": {"score": 1.0}, "ARC_NA": {"score": 0.0}}
+
+
+def both(srv, reply: dict, **msg_kw):
+    """(Go's MessageResult, ours) for one message against the same rspamd answer."""
+    import os
+
+    from smtpd_filter_sdk.testing.harness import SubprocessHarness
+
+    if not os.access(GO_FILTER, os.X_OK):
+        pytest.skip(f"{GO_FILTER} not installed (opensmtpd-filter-rspamd)")
+    srv.answer(json=reply)
+    out = []
+    with SubprocessHarness(f"{GO_FILTER} -url {srv.url}", hang_timeout=15) as h:
+        out.append(h.session().send_message(**msg_kw))
+    with make(srv) as h:
+        out.append(h.session().send_message(**msg_kw))
+    return out
+
+
+@pytest.mark.parametrize("reply", [
+    answer("no action", 1, 15, SYMBOLS),
+    answer("greylist", 5, 15, SYMBOLS),
+    answer("add header", 6.2, 15, SYMBOLS, **{"dkim-signature": ["v=1; d=a.test; b=1", "v=1; d=b.test;\n\tb=2"]}),
+    answer("rewrite subject", 8, 15, SYMBOLS, subject="*** SPAM *** same"),
+], ids=["no-action", "greylist", "add-header+dkim", "rewrite-subject"])
+def test_same_transcript_as_the_go_filter(srv, reply):
+    go, ours = both(srv, reply, headers={"Subject": "same", "To": "rcpt@example.net"})
+    assert ours.output_lines == go.output_lines
+    assert (ours.commit.decision.kind, go.commit.decision.kind) == ("proceed", "proceed")
+
+
+def test_reject_texts_gain_only_the_enhanced_code(srv):
+    for action, code, enhanced in (("reject", 550, "5.7.1"), ("soft reject", 451, "4.7.1")):
+        go, ours = both(srv, answer(action, 15, 15, messages={"smtp_message": "Gtube pattern"}))
+        assert go.commit.decision.param == f"{code} Gtube pattern"
+        assert ours.commit.decision.param == f"{code} {enhanced} Gtube pattern"
+        assert ours.output_lines == go.output_lines  # the message is written back unchanged
+
+
+def test_where_the_go_filter_loses_milter_headers_we_keep_them(srv):
+    """filter-rspamd issue #51: object-form headers other than the ARC/A-R
+    set are dropped; and it ignores remove_headers' index."""
+    reply = answer(milter={
+        "add_headers": {"X-Spamd-Result": {"value": "default: False [1.00 / 15.00]", "order": -1},
+                        "Authentication-Results": {"value": "mx; none", "order": 1}},
+        "remove_headers": {"X-Del": 1},
+    })
+    go, ours = both(srv, reply, headers=[("X-Del", "one"), ("X-Del", "two"), ("Subject", "s")])
+    assert not any(l.startswith(b"X-Spamd-Result") for l in go.output_lines)
+    assert any(l.startswith(b"X-Spamd-Result") for l in ours.output_lines)
+    assert [l for l in go.output_lines if l.startswith(b"X-Del")] == []
+    assert [l for l in ours.output_lines if l.startswith(b"X-Del")] == [b"X-Del: two"]
