@@ -141,6 +141,7 @@ class Filter:
         self.oversize_handler: Handler | None = None
         self.reload_handlers: list[Callable[[], Any]] = []
         self.config_handlers: list[Callable[[protocol.Config], Any]] = []
+        self.shutdown_handlers: list[Callable[[], Any]] = []
 
     # -- decorators --------------------------------------------------------
 
@@ -267,6 +268,13 @@ class Filter:
     def on_config(self, fn: F) -> F:
         """Called once with the ``Config`` smtpd announced, before registering."""
         self.config_handlers.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: F) -> F:
+        """Called once when smtpd has gone away, before the event loop closes
+        (close pooled connections, flush state).  May be ``async``: it is
+        awaited, under the filter's deadline."""
+        self.shutdown_handlers.append(fn)
         return fn
 
     def _only_one(self, attr: str) -> None:

@@ -388,6 +388,16 @@ class Engine:
                 task.cancel()
         self._tasks.clear()
 
+    async def shutdown(self) -> None:
+        """Run the filter's on_shutdown handlers (after eof); errors are logged."""
+        for fn in self.filter.shutdown_handlers:
+            try:
+                result = fn()
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, self.filter.deadline)
+            except Exception as exc:  # noqa: BLE001 - exiting anyway
+                self.log(f"shutdown handler {getattr(fn, '__name__', fn)!r} failed: {exc!r}")
+
     def end_of_input(self) -> None:
         """No more input will come.  A line cut off by EOF (no newline) is
         not acted on: it may be a truncated request."""
@@ -1232,6 +1242,7 @@ class _Driver:
                 task.cancel()
             if pending:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(self.engine.shutdown())
             loop.close()
         return 0
 
