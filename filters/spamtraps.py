@@ -43,7 +43,6 @@ never sees it.
 
 from __future__ import annotations
 
-import atexit
 import socket
 import sqlite3
 import sys
@@ -402,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
         return 1
     st = f.spamtraps  # type: ignore[attr-defined]
-    atexit.register(st.store.close)
+    f.on_shutdown(st.store.close)  # smtpd gone: write the pending hits, then exit
     f.log(
         f"starting ({len(st.traps)} traps, {len(st.store.cache)} trapped clients in {opts.db}; "
         f"action={opts.action} expire={seconds(opts.expire)}s blockPhase={opts.blockPhase}"

@@ -83,8 +83,8 @@ def libexec_overlay(rt: Runtime) -> Path:
 
 
 class _LibexecNamespace(Namespace):
-    def __init__(self, workdir: Path, overlay: Path, share_net_with: Namespace | None = None) -> None:
-        super().__init__(workdir, share_net_with=share_net_with)
+    def __init__(self, workdir: Path, overlay: Path, **kw) -> None:
+        super().__init__(workdir, **kw)
         self.overlay = overlay
 
     def start(self, timeout: float = 10.0) -> "Namespace":
