@@ -43,6 +43,7 @@ never sees it.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import sys
@@ -365,21 +366,28 @@ def learn_spam(f: Filter, opts: Options) -> None:
     def forget(session, report):
         session.data.pop(LEARN, None)
 
+    sending: set[asyncio.Task[None]] = set()
+
     @f.on_report("tx-commit")
-    async def learn(session, report):
+    def committed(session, report):
+        # Taken now: tx-reset follows in the same read and would drop it.
         buf = session.data.pop(LEARN, None)
         if not buf:
             return
         if buf[0] > LEARN_MAX:
             f.log(f"learnspam: message over {LEARN_MAX} bytes not sent", session.id)
             return
-        body = b"\r\n".join(buf[1:]) + b"\r\n"
+        task = asyncio.get_running_loop().create_task(learn(session.id, b"\r\n".join(buf[1:]) + b"\r\n"))
+        sending.add(task)
+        task.add_done_callback(sending.discard)
+
+    async def learn(sid: str, body: bytes) -> None:
         try:
             reply = await client.post("/learnspam", body, headers)
         except HTTPError as exc:
-            f.log(f"learnspam: {opts.learnSpam} failed ({exc})", session.id)
+            f.log(f"learnspam: {opts.learnSpam} failed ({exc})", sid)
             return
-        f.log(f"learnspam: {len(body)} bytes learnt as spam (HTTP {reply.status})", session.id)
+        f.log(f"learnspam: {len(body)} bytes learnt as spam (HTTP {reply.status})", sid)
 
     @f.on_shutdown
     async def close_client():
