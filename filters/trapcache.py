@@ -66,6 +66,17 @@ class TrapCache:
         c.v4 = array("Q", packed)
         return c
 
+    @classmethod
+    def from_sorted(cls, v4: Iterable[tuple[int, int]], other: Iterable[tuple[str, int]]) -> "TrapCache":
+        """From IPv4 (address as int, expiry) pairs in ascending address
+        order (streamed into the array) and the other (key, expiry) pairs."""
+        c = cls()
+        append = c.v4.append
+        for ip, exp in v4:
+            append(ip << 32 | (exp & _LOW))
+        c.other = dict(other)
+        return c
+
     def _find(self, v4: array, ck: int) -> int:
         """Index of ``ck``'s entry in ``v4``, or -1 - (where it would go)."""
         i = bisect_left(v4, ck << 32)

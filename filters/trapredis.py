@@ -8,10 +8,11 @@ Redis holds one hash per trapped client, ``<prefix>ip:<key>`` with fields
 ``exp`` (blocked until, epoch seconds), ``hits``, ``first``, ``last``,
 ``trap``, ``host``; the key's TTL is the expiry, so Redis forgets expired
 traps by itself.  The sorted set ``<prefix>expiry`` (member: the client key,
-score: its expiry) is the index a host reads at (re)connection - one
-ZRANGE BYSCORE per 5,000 clients instead of a SCAN and a read per client.  A hit is written by one Lua script (the expiry only ever
-grows, the hit counted, the change published) so that two MX hosts trapping
-the same client at once agree.
+score: its expiry) is the index a host reads at (re)connection, 1,000
+clients a round trip, instead of a SCAN and a read per client.  A hit is
+written by one Lua script (the expiry only ever grows, the hit counted, the
+change published) so that two MX hosts trapping the same client at once
+agree.
 
 How a host learns of another's traps: **pub/sub**.  Every write publishes
 ``t <key> <exp>`` (``d <key>`` for an admin's delete) on ``<prefix>events``;
@@ -19,8 +20,8 @@ every filter subscribes and puts the entry into its in-memory cache (and its
 local SQLite, the fallback), so the next session from that client is refused
 without asking Redis - the connect path never does network I/O.  Messages
 sent while a host was cut off are lost, so on every (re)connection it reads
-the whole index (the clients still blocked) and pushes the hits it recorded while
-Redis was away.
+the whole index (the clients still blocked) and pushes the hits it recorded
+while Redis was away.
 
 Redis unreachable: sessions are decided from the local store as before, the
 outage is logged once (and its end), and the connection is retried with
@@ -67,11 +68,12 @@ return exp
 #: KEYS[1] index; ARGV: min score, offset, count.  One string "key exp key
 #: exp ..." per batch: redis-py parses a reply element in ~10 us of pure
 #: Python, so 10^5 elements would cost seconds at every (re)connection.
+#: Batches of 1,000 keep the transient objects (and so the peak RSS) small.
 INDEX_SCRIPT = """
 local r = redis.call('ZRANGE', KEYS[1], ARGV[1], '+inf', 'BYSCORE', 'LIMIT', ARGV[2], ARGV[3], 'WITHSCORES')
 return {#r / 2, table.concat(r, ' ')}
 """
-BATCH = 5000
+BATCH = 1000
 
 
 def check_url(url: str) -> str:

@@ -47,9 +47,11 @@ CREATE TABLE IF NOT EXISTS traps (
     window_hits INTEGER NOT NULL,   -- and the hits in it
     trap TEXT NOT NULL,         -- the last trap address hit (never shown to clients)
     host TEXT NOT NULL,         -- the host that recorded it
-    seq INTEGER NOT NULL        -- change counter: readers poll seq > last seen
+    seq INTEGER NOT NULL,       -- change counter: readers poll seq > last seen
+    ip4 INTEGER                 -- an IPv4 key as its integer (NULL otherwise): the cache loads in its order
 );
 CREATE INDEX IF NOT EXISTS traps_seq ON traps(seq);
+CREATE INDEX IF NOT EXISTS traps_ip4 ON traps(ip4) WHERE ip4 IS NOT NULL;
 """
 
 
@@ -249,8 +251,11 @@ class TrapStore:
 
     def _load(self) -> None:
         now = int(self.clock())
-        cur = self._db.execute("SELECT key, expires FROM traps WHERE expires > ?", (now,))
-        self.cache = TrapCache.build(cur)
+        # IPv4 rows come sorted from the index, straight into the packed
+        # array: no list of 10^5 Python ints on the way (the peak RSS target)
+        v4 = self._db.execute("SELECT ip4, expires FROM traps WHERE ip4 IS NOT NULL AND expires > ? ORDER BY ip4", (now,))
+        other = self._db.execute("SELECT key, expires FROM traps WHERE ip4 IS NULL AND expires > ?", (now,))
+        self.cache = TrapCache.from_sorted(v4, other)
         self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM traps").fetchone()[0]
 
     def _worker(self) -> None:
@@ -328,9 +333,9 @@ class TrapStore:
 
     def _write(self, t: Trap) -> None:
         self._db.execute(
-            f"INSERT OR REPLACE INTO traps ({', '.join(Trap.FIELDS)}, seq) "
-            f"VALUES ({', '.join('?' * len(Trap.FIELDS))}, (SELECT COALESCE(MAX(seq), 0) + 1 FROM traps))",
-            t.row(),
+            f"INSERT OR REPLACE INTO traps ({', '.join(Trap.FIELDS)}, ip4, seq) "
+            f"VALUES ({', '.join('?' * len(Trap.FIELDS))}, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM traps))",
+            (*t.row(), ck if type(ck := cache_key(t.key)) is int else None),
         )
 
     def _refresh(self) -> None:

@@ -75,3 +75,12 @@ def test_writers_on_two_threads_keep_it_consistent():
         t.join()
     assert len(cache) == 4000 and list(cache.v4) == sorted(cache.v4)
     assert all(cache.get(i) == 1_800_000_000 for i in range(4000))
+
+
+@given(st.dictionaries(st.ip_addresses(v=4).map(str), expiries, max_size=40), st.dictionaries(keys, expiries, max_size=10))
+def test_from_sorted_is_build(v4, other):
+    other = {k: e for k, e in other.items() if type(cache_key(k)) is str}
+    rows = sorted((cache_key(k), e) for k, e in v4.items())
+    a = TrapCache.from_sorted(rows, other.items())
+    b = TrapCache.build([*v4.items(), *other.items()])
+    assert list(a.v4) == list(b.v4) and a.other == b.other
