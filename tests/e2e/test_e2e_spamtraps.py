@@ -41,16 +41,18 @@ def cmd(state, *args: str, db: str = "traps.db") -> str:
 
 @pytest.fixture(scope="module")
 def server(bare_smtpd_factory, state):
-    return bare_smtpd_factory([cmd(state, "-expire", "1h")], tls=True, submission=True)
+    return bare_smtpd_factory([cmd(state, "-expire", "1h")], tls=True, submission=True, ipv6=True)
 
 
 def client(server, src: str, port: int = 25) -> NsSMTP:
-    return NsSMTP(server.ns, "127.0.0.1", port, local_hostname="client.e2e.test", source_address=(src, 0), timeout=30)
+    host = "::1" if src == "::1" else "127.0.0.1"
+    return NsSMTP(server.ns, host, port, local_hostname="client.e2e.test", source_address=(src, 0), timeout=30)
 
 
 def banner(server, src: str) -> str:
     """The first line a new session from ``src`` gets (and whether it stays open)."""
-    with server.ns.create_connection(("127.0.0.1", 25), 10, (src, 0)) as s:
+    host = "::1" if src == "::1" else "127.0.0.1"
+    with server.ns.create_connection((host, 25), 10, (src, 0)) as s:
         f = s.makefile("rb")
         line = f.readline().decode().rstrip("\r\n")
         if line.startswith("421"):
@@ -81,6 +83,17 @@ def test_the_trapped_address_is_refused_at_connect_and_others_are_not(server):
         c.ehlo("client.e2e.test")
         assert c.sendmail(FROM, [f"bob@{DOMAIN}"], make_message(tok)) == {}
     server.maildir.wait_for(tok)
+
+
+def test_an_ipv6_client_is_trapped_and_refused(server):
+    assert banner(server, "::1").startswith("220 ")
+    with client(server, "::1") as c:
+        c.ehlo("client.e2e.test")
+        c.mail(FROM)
+        assert c.rcpt(f"x@honeypot.{DOMAIN}")[0] == 550
+    assert server.wait_log(r"f1: \S+ rcpt-to: trap \*@honeypot\.e2e\.test hit by ::1: reject")
+    assert banner(server, "::1") == REFUSED
+    assert banner(server, "127.0.0.11").startswith("220 ")
 
 
 def test_an_authenticated_submission_to_a_trap_is_not_trapped(server):
