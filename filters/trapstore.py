@@ -152,6 +152,7 @@ class TrapStore:
         poll: float = 2.0,
         on_recorded: Callable[[Trap], Any] | None = None,
         worker: bool = True,
+        busy_timeout: float = 5.0,
     ) -> None:
         self.path = os.fspath(path)
         self.policy = policy
@@ -159,6 +160,7 @@ class TrapStore:
         self.clock = clock
         self.log = log
         self.poll = poll
+        self.busy_timeout = busy_timeout  # how long a write waits for another writer's lock
         #: called in the worker thread with each written hit (the Redis mirror)
         self.on_recorded = on_recorded
         #: cache_key(key) -> blocked until (epoch seconds)
@@ -242,7 +244,7 @@ class TrapStore:
     # -- the worker --------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA cache_size=-512")  # KiB: rows are read by key, the cache holds what sessions need
@@ -284,18 +286,34 @@ class TrapStore:
             pass
         if not ops:
             return False
-        stop = False
-        events: list[threading.Event] = []
+        stop = any(op is _STOP for op in ops)
+        events = [op[1] for op in ops if op is not _STOP and op[0] == "sync"]
+        changes = [op for op in ops if op is not _STOP and op[0] != "sync"]
+        recorded: list[Trap] = []
+        try:
+            if changes:
+                recorded = self._apply(changes)
+        except sqlite3.Error as exc:
+            # A locked or full database: the blocks stay in memory (sessions
+            # are refused as before); only their record is lost.
+            self.log(f"trap store: {self.path}: {exc}; {len(changes)} changes not written")
+        finally:
+            for e in events:
+                e.set()
+        for t in recorded:
+            self._raise(t.key, t.expires)  # escalation lengthens the provisional block
+            if self.on_recorded is not None:
+                self.on_recorded(t)
+        return stop
+
+    def _apply(self, changes: list[Any]) -> list[Trap]:
+        """One transaction; the hits written."""
         recorded: list[Trap] = []
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                if op is _STOP:
-                    stop = True
-                elif op[0] == "sync":
-                    events.append(op[1])
-                elif op[0] == "hit":
+            for op in changes:
+                if op[0] == "hit":
                     _, key, now, trap = op
                     t = apply_hit(self._row(key), key, now, trap, self.host, self.policy)
                     self._write(t)
@@ -318,14 +336,7 @@ class TrapStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        finally:
-            for e in events:
-                e.set()
-        for t in recorded:
-            self._raise(t.key, t.expires)  # escalation lengthens the provisional block
-            if self.on_recorded is not None:
-                self.on_recorded(t)
-        return stop
+        return recorded
 
     def _row(self, key: str) -> Trap | None:
         r = self._db.execute(f"SELECT {', '.join(Trap.FIELDS)} FROM traps WHERE key = ?", (key,)).fetchone()

@@ -171,3 +171,23 @@ def test_keys_v4_v6_and_prefixes():
     assert parse_key("192.0.2.7/32") == "192.0.2.7"
     with pytest.raises(ValueError):
         parse_key("mx.example.org")
+
+
+def test_a_locked_database_loses_the_record_not_the_block(tmp_path, clock):
+    path = str(tmp_path / "traps.db")
+    log: list[str] = []
+    s = TrapStore(path, Policy(expiry=3600), clock=clock, log=log.append, busy_timeout=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        s.hit("192.0.2.1", "trap@example.org")
+        s.flush()
+        assert s.blocked_until(["192.0.2.1"]) == clock.now + 3600  # still refused
+        assert log and "database is locked; 1 changes not written" in log[-1]
+        other.execute("ROLLBACK")
+        s.hit("192.0.2.2", "trap@example.org")
+        s.flush()
+        assert [t.key for t in s.rows()] == ["192.0.2.2"]
+    finally:
+        other.close()
+        s.close()
