@@ -142,6 +142,7 @@ class Filter:
         self.reload_handlers: list[Callable[[], Any]] = []
         self.config_handlers: list[Callable[[protocol.Config], Any]] = []
         self.shutdown_handlers: list[Callable[[], Any]] = []
+        self.start_handlers: list[Callable[[], Awaitable[Any]]] = []
 
     # -- decorators --------------------------------------------------------
 
@@ -275,6 +276,16 @@ class Filter:
         (close pooled connections, flush state).  May be ``async``: it is
         awaited, under the filter's deadline."""
         self.shutdown_handlers.append(fn)
+        return fn
+
+    def on_start(self, fn: F) -> F:
+        """An ``async def`` run once as a background task when the filter
+        has registered with smtpd; cancelled when smtpd goes away (EOF).  For
+        long-lived work no session waits for (a Redis subscription, a
+        reconnect loop).  An exception ends it and is logged."""
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError("on_start handlers must be async functions")
+        self.start_handlers.append(fn)
         return fn
 
     def _only_one(self, attr: str) -> None:

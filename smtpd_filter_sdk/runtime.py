@@ -155,6 +155,7 @@ class Engine:
         self._fast: dict[bytes, _FastEntry] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()  # on_start tasks, alive until EOF
         # Requests whose answer an async task owes: the task -> (request,
         # session).  Popped when the task answers; a task that ends without
         # answering (cancelled before it ran, an internal error) gets the
@@ -470,6 +471,23 @@ class Engine:
             self.log("smtp-out reports not announced by smtpd: not registered")
         self.out.extend(p.registration_lines(self._reports, self._phases, self.config))
         self.registered = True
+        for start in self.filter.start_handlers:
+            self._start_background(start)
+
+    def _start_background(self, fn: Callable[[], Any]) -> None:
+        if self.loop is None:
+            self.log(f"no event loop: background task {fn.__name__} not started")
+            return
+
+        async def guarded() -> None:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.log(f"background task {fn.__name__} failed: {exc!r}")
+
+        self._background.add(self.loop.create_task(guarded()))
 
     # -- reports -----------------------------------------------------------
 
