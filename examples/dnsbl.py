@@ -32,6 +32,13 @@ LISTED = ipaddress.ip_network("127.0.0.0/8")
 REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list refuses to answer us
 HEADER = "X-DNSBL"
 
+#: ``make demo``: two lists on a loopback DNS server, one of which lists the
+#: demo's second client (203.0.113.9)
+DEMO = {
+    "args": ["--zone", "bl.demo.test", "--zone", "other.demo.test", "--action", "block", "--resolver", "{dns}", "--timeout", "1"],
+    "zone": {"records": {"9.113.0.203.bl.demo.test": {"A": ["127.0.0.2"]}}},
+}
+
 
 def listing(answer):
     """(listed codes, complaint) for one zone's answer."""

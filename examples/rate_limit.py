@@ -21,6 +21,10 @@ from collections import OrderedDict, deque
 from smtpd_filter_sdk import Filter, reject
 from smtpd_filter_sdk.netaddr import client_ip
 
+#: ``make demo``: one recipient per address, so the demo's two-recipient
+#: message meets the limit
+DEMO = {"args": ["--max", "1"]}
+
 
 class SlidingWindow:
     """Event times per key, within ``window`` seconds, for at most ``max_keys`` keys."""

@@ -20,6 +20,9 @@ import re
 
 from smtpd_filter_sdk import Filter
 
+#: ``make demo``: the demo's second message says "Grüße"
+DEMO = {"args": ["--body-pattern", "Grüße"]}
+
 
 def is_junk(session, msg, pattern):
     if session.junk or (session.tx is not None and session.tx.junk):
