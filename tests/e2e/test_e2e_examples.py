@@ -7,6 +7,7 @@
     filter "f5" proc-exec "<python> examples/rate_limit.py --max 3 --window 3600"
     filter "f6" proc-exec "<python> examples/subject_tag.py --tag [SPAM] --body-pattern lottery"
     filter "e2echain" chain { "f1", ..., "f6" }
+    action "out" relay host smtp://127.0.0.1:2526 filter "f1"    (back in on port 2526)
 
 Each client connects from its own loopback address (127.0.0.N, or ::1), so
 the rate limiter's counts and the DNS lists' answers are per test; the
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.e2e
 
 FROM = "alice@client.e2e.test"
 TO = f"bob@{DOMAIN}"
+OUT = "out.e2e.test"
+OUT_HOST = "relay.e2e.test"
 
 
 def zone():
@@ -61,6 +64,14 @@ def server(smtpd_factory, e2e_runtime, events_file):
         ],
         zone=zone(),
         ipv6=True,
+        # mail for OUT leaves through smtp-out (the event log is attached to
+        # the relay action too) and comes back in on port 2526
+        extra_conf=(
+            f'listen on 127.0.0.1 port 2526 hostname {OUT_HOST} tag back\n'
+            f'action "out" relay host smtp://127.0.0.1:2526 filter "f1"\n'
+            f'match tag back from any for domain "{OUT}" action "deliver"\n'
+            f'match from any for domain "{OUT}" action "out"'
+        ),
     )
 
 
@@ -171,7 +182,28 @@ def test_every_event_is_in_the_json_log(server, events_file, tok):
     refused = [e for e in mine if e["event"] == "filter-response" and e["response"] == "reject"]
     assert [(e["phase"], e["param"]) for e in refused] == [("ehlo", "550 5.7.1 HELO localhost not accepted here")]
     assert [e["address"] for e in mine if e["event"] == "tx-mail"] == [FROM]
-    assert {e["subsystem"] for e in mine} == {"smtp-in"}  # smtpd 6.8 sends filters no smtp-out reports
+    assert {e["subsystem"] for e in mine} == {"smtp-in"}
+
+
+def test_relayed_mail_is_logged_as_smtp_out(server, events_file, tok):
+    with client(server, "127.0.0.9") as c:
+        c.ehlo("client.e2e.test")
+        assert c.sendmail(FROM, [f"carol@{OUT}"], make_message(tok, to=f"carol@{OUT}")) == {}
+    server.maildir.wait_for(tok)  # out through smtp-out, back in on port 2526
+    # (smtpd keeps the outgoing connection open a while for more mail: its
+    # link-disconnect comes seconds later, so wait for the commit only)
+    deadline = time.monotonic() + 10
+    while not events(events_file, subsystem="smtp-out", event="tx-commit"):
+        assert time.monotonic() < deadline, "no smtp-out tx-commit in the log"
+        time.sleep(0.05)
+    out = events(events_file, subsystem="smtp-out")
+    names = [e["event"] for e in out]
+    for name in ("link-connect", "link-greeting", "link-identify", "tx-begin", "tx-mail", "tx-rcpt", "tx-commit", "protocol-client", "protocol-server"):
+        assert name in names, names
+    connect = out[names.index("link-connect")]
+    assert connect["dest"] == "127.0.0.1:2526"
+    assert [e["hostname"] for e in out if e["event"] == "link-greeting"] == [OUT_HOST]
+    assert [e["address"] for e in out if e["event"] == "tx-rcpt"] == [f"carol@{OUT}"]
 
 
 def test_smtpd_is_still_running(server):
