@@ -4,7 +4,8 @@
     filter "rate-limit" proc-exec "/usr/bin/python3 /path/to/rate_limit.py --max 100 --window 3600"
 
 Every RCPT TO this filter lets through counts against the client's address
-(IPv6 clients by their /64, which one host usually owns whole).  Past
+(IPv6 clients by their /64, which one host usually owns whole), also one
+that smtpd then refuses as unknown: guessing addresses uses up the budget.  Past
 ``--max`` in the last ``--window`` seconds, RCPT TO gets ``452 4.7.1`` - a
 temporary refusal that well-behaved senders retry later - until old
 recipients age out of the window.  Authenticated and local (unix socket)
