@@ -70,6 +70,9 @@ def test_every_flag_is_documented_with_its_default(name):
         rows = [line for line in text.splitlines() if line.startswith("|") and re.search(rf"`-{re.escape(flag.name)}\b", line.split("|")[1])]
         if rows and flag.default not in ("", None, (), []):  # no default to show (e.g. a repeatable flag)
             cell = rows[0].split("|")[2]
+            if isinstance(flag.default, str) and len(flag.default) > 40:
+                assert cell.strip(), f"{name}: -{flag.name} has no default in its row"  # a long list may be named instead
+                continue
             assert any(form in cell for form in default_forms(flag)), f"{name}: -{flag.name} default {flag.default!r}, the table says {cell.strip()!r}"
 
 
