@@ -12,7 +12,7 @@
     f.run()
 """
 
-from .filter import Filter, in_thread
+from .filter import Filter, MessageWatcher, in_thread
 from .message import Header, Headers, Message, fold, stuff, unstuff
 from .protocol import Address, Config, Report, Request
 from .responses import (
@@ -43,6 +43,7 @@ __all__ = [
     "Headers",
     "Junk",
     "Message",
+    "MessageWatcher",
     "Proceed",
     "Reject",
     "Report",

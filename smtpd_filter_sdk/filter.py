@@ -22,7 +22,7 @@ import asyncio
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from . import protocol
 from .log import Logger
@@ -38,6 +38,19 @@ REQUEST_PHASES = tuple(ph for ph in protocol.FILTER_PHASES if ph != "data-line")
 #: What a message that cannot be passed through unharmed is refused with.
 LINE_TOO_LONG = (552, "5.3.4 Message has a line too long to pass through the filter")
 LEGACY_LINE_CUT = (552, "5.3.4 Message has a line longer than this smtpd can take from filters")
+
+
+class MessageWatcher(Protocol):
+    """What an ``on_message_stream`` handler returns for a message it wants
+    to see while the SDK holds it (see ``Filter.on_message_stream``)."""
+
+    def body(self, chunk: bytes) -> None:
+        """The next piece of the body as in a mailbox: unstuffed lines, each
+        ending in CRLF; pieces are cut at line ends, in arrival order."""
+
+    def end(self, headers: Any) -> Any:
+        """The final ``.`` arrived: edit ``headers`` (a ``Headers``) in place,
+        return a decision for commit or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +88,14 @@ class Filter:
     ``legacy_long_lines``: smtpd before 7.4 (protocol < 0.7) silently cuts
     every filter output line after 2,047 bytes.  ``"warn"`` logs such
     messages, ``"reject"`` refuses them at commit.
+
+    ``max_message_size``: the most bytes (dot-stuffed lines + CRLF, as on
+    the SMTP wire) the SDK buffers of one message for ``on_message``,
+    ``on_message_stream`` or ``on_headers`` (None: no limit).  A message
+    that grows past it stops being buffered: what was held goes out
+    unchanged, the rest streams, the handler never sees it, and
+    ``on_oversize`` is called (else the SDK logs it).  Settable after
+    construction (from a flag), before ``run()``.
     """
 
     def __init__(
@@ -84,6 +105,7 @@ class Filter:
         on_error: str = "fail-open",
         deadline: float = 5.0,
         legacy_long_lines: str = "warn",
+        max_message_size: int | None = None,
     ) -> None:
         if on_error not in FAILURE_POLICIES:
             raise ValueError(f"on_error must be one of {FAILURE_POLICIES}, not {on_error!r}")
@@ -95,12 +117,15 @@ class Filter:
         self.on_error = on_error
         self.deadline = float(deadline)
         self.legacy_long_lines = legacy_long_lines
+        self.max_message_size = max_message_size
         self.log = Logger(name)
         self.phase_handlers: dict[str, list[Handler]] = {}
         self.report_handlers: dict[tuple[str, str], list[Handler]] = {}
         self.data_line_handler: Handler | None = None
         self.headers_handler: Handler | None = None
         self.message_handler: Handler | None = None
+        self.stream_handler: Handler | None = None
+        self.oversize_handler: Handler | None = None
         self.reload_handlers: list[Callable[[], Any]] = []
         self.config_handlers: list[Callable[[protocol.Config], Any]] = []
 
@@ -159,6 +184,8 @@ class Filter:
         if inspect.iscoroutinefunction(fn):
             raise TypeError("data-line handlers must be synchronous (use on_message for async work)")
         self._only_one("data_line_handler")
+        if self.message_handler is not None or self.stream_handler is not None:
+            raise ValueError("on_data_line excludes on_message and on_message_stream")
         self.data_line_handler = Handler.wrap(fn)
         return fn
 
@@ -167,8 +194,8 @@ class Filter:
         changes ``headers`` in place and may return a decision applied at
         commit.  Only the header block is buffered; the body streams."""
         self._only_one("headers_handler")
-        if self.message_handler is not None:
-            raise ValueError("on_headers and on_message exclude each other")
+        if self.message_handler is not None or self.stream_handler is not None:
+            raise ValueError("on_headers excludes on_message and on_message_stream")
         self.headers_handler = Handler.wrap(fn)
         return fn
 
@@ -179,7 +206,43 @@ class Filter:
         self._only_one("message_handler")
         if self.headers_handler is not None or self.data_line_handler is not None:
             raise ValueError("on_message excludes on_headers and on_data_line")
+        if self.stream_handler is not None:
+            raise ValueError("on_message and on_message_stream exclude each other")
         self.message_handler = Handler.wrap(fn)
+        return fn
+
+    def on_message_stream(self, fn: F) -> F:
+        """Hold each message, but see it as it streams (a signer hashing the
+        body as it arrives, then prepending a header, needs exactly this).
+
+        ``handler(session, headers)`` is called when the header block is
+        complete.  It returns None (the headers go out as it left them, the
+        body streams on, nothing is held) or a ``MessageWatcher``: then the
+        SDK holds the message and calls ``watcher.body(chunk)`` with each new
+        piece of the body (unstuffed, CRLF-terminated lines, in batches), and
+        ``watcher.end(headers)`` at the final ``.``, which edits the same
+        ``headers`` and may return a decision for commit.  The header block
+        goes out as edited, then the body exactly as it came.  Plain
+        (synchronous) functions only: they run inline.  If the handler or
+        the watcher raises, or the message passes ``max_message_size``, the
+        message goes out unchanged and the watcher hears no more."""
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError("on_message_stream handlers must be synchronous")
+        self._only_one("stream_handler")
+        if self.message_handler or self.headers_handler or self.data_line_handler:
+            raise ValueError("on_message_stream excludes on_message, on_headers and on_data_line")
+        self.stream_handler = Handler.wrap(fn)
+        return fn
+
+    def on_oversize(self, fn: F) -> F:
+        """A message grew past ``max_message_size``: ``handler(session,
+        size)`` (``size``: bytes held when it passed) is told once, as the
+        message goes on unchanged and unbuffered; it may log ("passed
+        unsigned") and return a decision for commit (None: proceed)."""
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError("on_oversize handlers must be synchronous")
+        self._only_one("oversize_handler")
+        self.oversize_handler = Handler.wrap(fn)
         return fn
 
     def on_reload(self, fn: F) -> F:
@@ -201,7 +264,9 @@ class Filter:
 
     @property
     def handles_data(self) -> bool:
-        return any((self.data_line_handler, self.headers_handler, self.message_handler))
+        return any(
+            (self.data_line_handler, self.headers_handler, self.message_handler, self.stream_handler)
+        )
 
     def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
         reports = {("smtp-in", event) for event in TRACKED_EVENTS}

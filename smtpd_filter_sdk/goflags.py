@@ -15,7 +15,9 @@ abbreviations), stray positional arguments are an error unless allowed, and
 every error is a *single* line (smtpd copies a filter's stderr into the mail
 log line by line): ``prog: flag provided but not defined: -x (usage: prog
 [-a N] [-b] ...)`` and exit status 2.  ``-h``/``-help`` prints the full usage
-and exits 0.
+and exits 0 (``-h`` only while no flag of that name is defined, as in Go: a
+filter whose anchor has ``-h headers`` defines it).  ``flags.strings(...)``
+is a repeatable flag (``-d a -d b``), collected in order into a list.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class GoFlags:
         for name in (flag.name, *flag.aliases):
             if not name or name.startswith("-") or "=" in name:
                 raise ValueError(f"bad flag name {name!r}")
-            if name in self._flags or name in ("h", "help"):
+            if name in self._flags or name == "help":
                 raise ValueError(f"flag -{name} defined twice")
             self._flags[name] = flag
         self._order.append(flag)
@@ -86,6 +88,10 @@ class GoFlags:
 
     def string(self, name: str, default: str, help: str, *, metavar: str = "VALUE", **kw: Any) -> None:
         self._add(_Flag(name, "string", default, help, metavar, **kw))
+
+    def strings(self, name: str, help: str, *, metavar: str = "VALUE", **kw: Any) -> None:
+        """Repeatable: every occurrence adds its value to a list (default [])."""
+        self._add(_Flag(name, "strings", (), help, metavar, **kw))
 
     def bool(self, name: str, default: bool, help: str, **kw: Any) -> None:
         self._add(_Flag(name, "bool", default, help, "", **kw))
@@ -101,7 +107,8 @@ class GoFlags:
         for flag in self._order:
             if flag.hidden:
                 continue
-            parts.append(f"[-{flag.name}]" if flag.kind == "bool" else f"[-{flag.name} {flag.metavar}]")
+            more = " ..." if flag.kind == "strings" else ""
+            parts.append(f"[-{flag.name}]" if flag.kind == "bool" else f"[-{flag.name} {flag.metavar}{more}]")
         if self.positional:
             parts.append(self.positional)
         return " ".join([self.prog, *parts])
@@ -121,7 +128,9 @@ class GoFlags:
                 text += ": " + ", ".join(flag.choices)
             if flag.aliases:
                 text += " (also -" + ", -".join(flag.aliases) + ")"
-            if flag.kind != "bool" and flag.default not in ("", None):
+            if flag.kind == "strings":
+                text += " (repeatable)"
+            elif flag.kind != "bool" and flag.default not in ("", None):
                 text += f" (default {flag.default})"
             lines.append(f"        {text}")
         return "\n".join(lines)
@@ -133,7 +142,7 @@ class GoFlags:
         ``-h``/``-help`` raises SystemExit(0) after printing the usage."""
         opts = Options()
         for flag in self._order:
-            setattr(opts, flag.name, flag.default)
+            setattr(opts, flag.name, [] if flag.kind == "strings" else flag.default)
         args = list(argv)
         i = 0
         while i < len(args):
@@ -147,7 +156,7 @@ class GoFlags:
             if not body or body.startswith("-") or body.startswith("="):
                 raise UsageError(f"bad flag syntax: {arg}")
             name, eq, value = body.partition("=")
-            if name in ("h", "help"):
+            if name == "help" or (name == "h" and "h" not in self._flags):
                 print(self.usage(), file=sys.stderr)
                 raise SystemExit(0)
             flag = self._flags.get(name)
@@ -178,6 +187,8 @@ class GoFlags:
                     raise UsageError(f'invalid value "{value if flag.kind != "bool" else parsed}" for flag -{name}: {exc}') from None
                 if result is not None:
                     parsed = result
+            if flag.kind == "strings":
+                parsed = [*getattr(opts, flag.name), parsed]
             setattr(opts, flag.name, parsed)
             opts.given.add(flag.name)
         opts.args = args[i:]

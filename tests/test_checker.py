@@ -79,6 +79,7 @@ CASES = [
     ("bad_hex.py", "0.6", FATAL, "bad-ids", "lookup: Invalid reqid: filter-result|session-"),
     ("stdout_closed.py", "0.6", HANG, "stdout-closed", "closed its output"),
     ("no_exit_on_eof.py", "0.6", WARN, "no-exit-on-eof", "did not exit"),
+    ("drops_at_eof.py", "0.6", HANG, "dropped-at-eof", "without writing the answer to the connect request"),
 ]
 
 

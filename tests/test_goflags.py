@@ -102,7 +102,27 @@ def test_duplicate_definition_is_a_bug():
     with pytest.raises(ValueError):
         g.int("x", 0, "again")
     with pytest.raises(ValueError):
-        g.bool("h", False, "help is taken")
+        g.bool("help", False, "help is taken")
+
+
+def test_h_is_help_unless_the_filter_defines_it(capsys):
+    g = GoFlags("p")
+    g.string("h", "from", "headers to sign", metavar="h1:h2")
+    assert g.parse_or_raise(["-h", "from:to"]).h == "from:to"
+    with pytest.raises(SystemExit) as exc:
+        g.parse_or_raise(["-help"])
+    assert exc.value.code == 0 and "-h h1:h2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make().parse_or_raise(["-h"])
+
+
+def test_repeatable_flag_collects_values_in_order():
+    g = GoFlags("p")
+    g.strings("d", "signing domain", metavar="DOMAIN")
+    assert g.parse_or_raise([]).d == []
+    o = g.parse_or_raise(["-d", "b.example", "-d=a.example"])
+    assert o.d == ["b.example", "a.example"] and "d" in o.given
+    assert "[-d DOMAIN ...]" in g.synopsis() and "(repeatable)" in g.usage()
 
 
 @given(st.lists(st.text(max_size=12), max_size=6))

@@ -445,3 +445,53 @@ def test_subprocess_harness_runs_an_example_like_smtpd():
         assert msg.headers_removed() == ["X-Test: forged"]
         s.quit()
     assert h.transport.exited_on_eof is True and h.transport.exit_status == 0
+
+
+# -- EOF with requests in flight ---------------------------------------------------------
+
+
+def test_eof_in_flight_the_sdk_answers_what_it_read_before_exiting():
+    f = Filter("slow-junk")
+
+    @f.on("connect")
+    async def slow(session, rdns, src):
+        await asyncio.sleep(0.1)
+        return junk()
+
+    @f.on_headers
+    def tag(session, headers):
+        headers.add("X-Seen", "1")
+
+    h = Harness(f)
+    sessions = h.eof_in_flight(
+        [Connect("192.0.2.1"), Ehlo("a.example"), Quit()],
+        [Connect("192.0.2.2"), Ehlo("b.example"), Quit()],
+    )
+    assert len(sessions) == 2 and h.findings_of(HANG) == []
+    assert sum("connect -> junk (after EOF)" in line for line in h.transcript) == 2
+
+
+def test_eof_in_flight_a_whole_message_read_is_answered_in_full():
+    f = Filter("tagger")
+
+    @f.on_message
+    async def tag(session, msg):
+        await asyncio.sleep(0.05)
+        msg.headers.add("X-Seen", "1")
+
+    h = Harness(f, record=True)
+    body = message_lines("a@example.org", ["b@example.net"], b"hello\n")
+    h.eof_in_flight([Connect(), Ehlo("a.example"), Message("a@example.org", ("b@example.net",), body), Quit()])
+    assert h.findings_of(HANG) == []
+    sent = [line.split(b"|", 7)[7] for line in h.sent if line.split(b"|", 5)[4:5] == [b"data-line"]]
+    out = [line.split(b"|", 3)[3] for line in h.received if line.startswith(b"filter-dataline|")]
+    assert sent[-1] == b"." and out == [b"X-Seen: 1", *sent]
+
+
+def test_eof_in_flight_a_filter_that_drops_answers_at_eof_is_caught():
+    h = SubprocessHarness(f"{sys.executable} {ROOT / 'tests' / 'broken_filters' / 'drops_at_eof.py'}", fail_on=())
+    h.eof_in_flight([Connect("192.0.2.1"), Ehlo("a.example"), Quit()])
+    dropped = h.findings_of(HANG)
+    assert [f.rule for f in dropped] == ["dropped-at-eof"]
+    assert "without writing the answer to the connect request" in dropped[0].message
+    assert h.transport.exit_status == 0

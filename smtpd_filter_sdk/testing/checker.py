@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from .harness import SMTPD_ENV, SubprocessHarness, default_name
-from .scenarios import Scenario, builtin_scenarios
+from .scenarios import Scenario, builtin_scenarios, eof_sessions
 from .simulator import FATAL, HANG, WARN, Finding
 from .wire import DIALECTS
 
@@ -256,6 +256,11 @@ def _check_dialect(
                     break
             say(f"\n-- {title}", 1)
             res.sessions += job(h)
+        if h.dead is None:
+            # Last: smtpd goes away (EOF) while requests and a whole message
+            # are in flight; the filter must answer them before it exits.
+            say("\n-- eof: three sessions in flight when stdin closes", 1)
+            res.sessions += len(h.eof_in_flight(*eof_sessions(seed)))
         finish(h)
 
     for path in replays:

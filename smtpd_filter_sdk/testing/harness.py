@@ -133,6 +133,7 @@ class EngineTransport:
         filt.log = Logger(filt.name, write=self._write_log)
         self.loop = asyncio.new_event_loop()
         self.engine = Engine(filt, loop=self.loop)
+        self.after_eof: list[bytes] = []  # lines written after close() (EOF)
         self._partial = b""
 
     def _write_log(self, data: bytes) -> None:
@@ -181,8 +182,13 @@ class EngineTransport:
             pass
 
     def close(self) -> None:
+        """EOF, as the runtime sees it: every handler still running finishes
+        (under its deadline) and what it writes lands in ``after_eof``."""
         if self.loop.is_closed():
             return
+        self.engine.end_of_input()
+        self.loop.run_until_complete(self.engine.drain())
+        self.after_eof = self.engine.take_lines()
         self.engine.eof()
         pending = self._pending()
         for task in pending:
@@ -392,6 +398,9 @@ class ProcessTransport:
             return
         self._shut = True
         self._lines.clear()
+        deadline = time.monotonic() + self.exit_timeout
+        while self._wbuf and not self._eof and time.monotonic() < deadline:
+            self._poll(0.05)  # what was sent goes first, then EOF
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -691,6 +700,25 @@ class _HarnessBase:
         if bad:
             raise FilterCheckFailed(bad, self.transcript)
 
+    def eof_in_flight(self, *scripts: Sequence[Action]) -> list[SimSession]:
+        """Send these sessions up to their first wait for the filter (a
+        message whole, final ``.`` included), then EOF at once, and close:
+        what the filter read must be answered before it exits (HANG
+        ``dropped-at-eof`` for each answer it dropped)."""
+        if self._closed:
+            raise RuntimeError("the harness is closed")
+        if self.sim.dead is not None:
+            self.close()
+            raise RuntimeError(f"smtpd would have exited already: {self.sim.dead.format()}")
+        self._closed = True
+        sessions = self.sim.eof_in_flight([list(s) for s in scripts])
+        self._after_close()
+        self._raise_new()
+        return sessions
+
+    def _after_close(self) -> None:
+        pass
+
     def format_transcript(self) -> str:
         return "\n".join(self.transcript)
 
@@ -789,6 +817,9 @@ class SubprocessHarness(_HarnessBase):
             except SmtpdGone:
                 pass
         super().close()
+        self._after_close()
+
+    def _after_close(self) -> None:
         if self.transport.exited_on_eof is False:
             self.sim.finding(
                 WARN,

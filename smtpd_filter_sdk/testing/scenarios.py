@@ -230,3 +230,19 @@ def builtin_scenarios(seed: int = 0, *, long_lines: bool = True) -> list[Scenari
             ],
         )
     return out
+
+
+def eof_sessions(seed: int = 0) -> list[list[Action]]:
+    """Sessions for the checker's last step: sent up to the first thing each
+    waits for from the filter (a message goes whole, final ``.`` included),
+    then stdin closes.  Each request and message read must be answered
+    before the filter exits."""
+    rng = random.Random(seed)
+    dom = _word(rng) + ".example"
+    sender, rcpt = f"{_word(rng)}@{dom}", f"{_word(rng)}@rcpt.example"
+    body = message_lines(sender, [rcpt], b"Hello,\n\n.a dot line, then the end.\n")
+    return [
+        [Connect("192.0.2.30", "mail." + dom), Ehlo("mail." + dom), Message(sender, (rcpt,), body), Quit()],
+        [Connect("2001:db8::30", "six." + dom), Ehlo("six." + dom), Message(sender, (rcpt,), body), Quit()],
+        [Connect("198.51.100.30", "<unknown>", fcrdns="error"), Helo("unknown." + dom), Quit()],
+    ]

@@ -507,7 +507,9 @@ class Transport(Protocol):
         """True when the filter cannot write anything more without new input
         (known in-process; a process never says so)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """EOF on the filter's stdin; wait (bounded) for it to exit.  What
+        it wrote after EOF is in ``after_eof``."""
 
 
 # --------------------------------------------------------------------------
@@ -1898,6 +1900,64 @@ class Simulator:
                 if self._tasks.get(task.session) is task:
                     del self._tasks[task.session]
         return [t.result for t in tasks]
+
+    def eof_in_flight(self, scripts: Sequence[Sequence[Action]]) -> list[SimSession]:
+        """Sessions sent up to their first wait for the filter (the lines of
+        a message go ahead whole, final ``.`` included), then EOF at once,
+        as a transcript piped into the filter ends, or smtpd going away
+        mid-session.  Every request and message the filter read must be
+        answered before it exits; each one that is not is a HANG finding
+        (``dropped-at-eof``): a driver feeding a transcript waits forever
+        (smtpd itself, gone, would not care).  The transport is closed."""
+        if self.dead is not None:
+            raise SmtpdGone(self.dead)
+        tasks = []
+        for script in scripts:
+            script = list(script)
+            connect = script[0] if script and isinstance(script[0], Connect) else None
+            s = self.new_session(connect)
+            task = _Task(s.play(script), s)
+            s.task = task
+            self._tasks[s] = task
+            tasks.append(task)
+            self._ready.append(task)
+        while self._ready:
+            self._step_ready()
+            for t in tasks:
+                if t.wait is not None and t.wait.kind == "quiet":  # send the final '.' ahead too
+                    t.wait = None
+                    self._ready.append(t)
+        self.flush()
+        owed = [(t, t.wait) for t in tasks if not t.done and t.wait is not None]
+        self.transport.close()
+        try:
+            for line in getattr(self.transport, "after_eof", ()):
+                if self.wire_log is not None:
+                    self.wire_log.append(("<", line))
+                self.lka.output(line)
+        except SmtpdGone as exc:
+            self.dead = exc.finding
+        for t, wait in owed:
+            if t.wait is wait:  # not resolved by anything written after EOF
+                what = "the final '.' of the message" if wait.kind == "data" else f"the answer to the {wait.phase} request"
+                self.finding(
+                    HANG,
+                    "dropped-at-eof",
+                    f"the filter exited at EOF without writing {what} it had read: a driver feeding a "
+                    "transcript (cat session.txt | filter) waits forever, and the decision is lost",
+                    log=("(nothing is logged)",),
+                    session=t.session.sid,
+                )
+                self.note(t.session, "F", f"{wait.phase or 'data-line'} -> (dropped at EOF)")
+            elif wait.kind == "data":
+                self.note(t.session, "F", f"data-line -> {len(t.session.stream.output) if t.session.stream else 0} lines back, then '.' (after EOF)")
+            else:
+                self.note(t.session, "F", f"{wait.phase} -> {t.value} (after EOF)")
+        for t in tasks:
+            t.gen.close()
+            self._tasks.pop(t.session, None)
+        self._ready.clear()
+        return [t.session for t in tasks]
 
     def _step_ready(self) -> None:
         while self._ready:

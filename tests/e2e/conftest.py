@@ -10,7 +10,16 @@
   :class:`~e2e_harness.SmtpdServer`; everything is stopped by PID when the
   module ends, and the teardown fails if smtpd died during the module (unless
   the test said ``server.expect_exit = True``) or if filter processes did not
-  exit on EOF.
+  exit on EOF.  ``services=[...]`` starts daemons in its namespace before
+  smtpd (after the DNS server) and stops them after it; ``share_net_with=server,
+  port=N`` puts a second smtpd on the first one's loopback (its DNS, services).
+* ``redis_factory`` / ``rspamd_factory`` (module): ``redis_factory(port=6379)``,
+  ``rspamd_factory(local_d={...}, override_d={...}, redis="127.0.0.1:6379")``
+  return unstarted :mod:`e2e_harness.services` objects for ``services=``; the
+  fixture skips (fails under ``SMTPD_FILTERS_REQUIRE_E2E=1``) if the daemon is
+  not installed.  ``rspamd_local_d`` (module, default ``{}``) is merged into
+  every ``rspamd_factory`` config: override it in a test module to extend
+  rspamd's local.d for that module.
 
 A failing test gets the tail of each running smtpd's log in its report.
 """
@@ -29,6 +38,7 @@ from e2e_harness import (
     skip_or_fail,
 )
 from e2e_harness import smtpd as _smtpd_mod
+from e2e_harness.services import RedisServer, RspamdServer, Service
 from e2e_harness.smtpd import server_pool
 
 
@@ -52,6 +62,34 @@ def smtpd_factory(e2e_runtime: Runtime):
     yield from server_pool(e2e_runtime)
 
 
+def _service_factory(cls: type[Service]):
+    problems = cls.missing()
+    if problems:
+        skip_or_fail("; ".join(problems))
+    return cls
+
+
+@pytest.fixture(scope="module")
+def redis_factory(e2e_runtime: Runtime):
+    return _service_factory(RedisServer)
+
+
+@pytest.fixture(scope="module")
+def rspamd_local_d() -> dict[str, str]:
+    """Extra rspamd local.d snippets for every rspamd of a module (override it there)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def rspamd_factory(e2e_runtime: Runtime, rspamd_local_d: dict[str, str]):
+    cls = _service_factory(RspamdServer)
+
+    def make(local_d: dict[str, str] | None = None, **kw) -> RspamdServer:
+        return cls(local_d={**rspamd_local_d, **(local_d or {})}, **kw)
+
+    return make
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -59,6 +97,8 @@ def pytest_runtest_makereport(item, call):
     if rep.failed and _smtpd_mod.ACTIVE:
         for s in list(_smtpd_mod.ACTIVE):
             rep.sections.append((f"smtpd {s.dir.name} (alive={s.alive()})", s.log_tail(60)))
+            for svc in s.services:
+                rep.sections.append((f"{svc.name} of smtpd {s.dir.name} (alive={svc.alive()})", svc.log_tail(30)))
 
 
 @pytest.fixture

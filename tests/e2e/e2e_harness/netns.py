@@ -118,12 +118,19 @@ def _is_zombie(pid: int) -> bool:
 class Namespace:
     """Private net+mount namespace with its own files under ``workdir``."""
 
-    def __init__(self, workdir: Path, hostname_aliases: Sequence[str] = HOSTS_NAMES) -> None:
+    def __init__(
+        self, workdir: Path, hostname_aliases: Sequence[str] = HOSTS_NAMES, share_net_with: "Namespace | None" = None
+    ) -> None:
         self.workdir = Path(workdir)
         self.aliases = tuple(hostname_aliases)
+        #: another (started) namespace whose network this one joins: same
+        #: loopback (e.g. two smtpd instances sharing one redis), own mounts
+        #: (smtpd's queue and control socket are per mount namespace)
+        self.share_net_with = share_net_with
         self.holder: subprocess.Popen | None = None
         self._ns_fd: int | None = None
         self.net_inode: int | None = None
+        self.mnt_inode: int | None = None
 
     # -- lifecycle
     def start(self, timeout: float = 10.0) -> "Namespace":
@@ -152,9 +159,13 @@ class Namespace:
             "echo ready; exec sleep infinity"
         )
         # unshare and sh exec in place: the Popen PID is the holder's PID.
+        if self.share_net_with is None:
+            unshare = ["unshare", "-n", "-m"]
+        else:
+            unshare = ["nsenter", "-t", str(self.share_net_with.pid), "-n", "--", "unshare", "-m"]
         with open(w / "ns.log", "wb") as errlog:
             self.holder = subprocess.Popen(
-                [*_death_guard(), "unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
+                [*_death_guard(), *unshare, "--propagation", "private", "sh", "-c", script],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=errlog,
@@ -169,9 +180,11 @@ class Namespace:
             raise RuntimeError(f"namespace holder failed: {(w / 'ns.log').read_text(errors='replace')}")
         self._ns_fd = os.open(f"/proc/{self.holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.net_inode = os.fstat(self._ns_fd).st_ino
-        if self.net_inode == os.stat("/proc/self/ns/net").st_ino:
+        self.mnt_inode = os.stat(f"/proc/{self.holder.pid}/ns/mnt").st_ino
+        expected = self.share_net_with.net_inode if self.share_net_with else None
+        if self.net_inode == os.stat("/proc/self/ns/net").st_ino or (expected and self.net_inode != expected):
             self.stop()
-            raise RuntimeError("unshare did not create a new network namespace")
+            raise RuntimeError("unshare did not create (or join) the intended network namespace")
         return self
 
     @property
@@ -183,7 +196,8 @@ class Namespace:
         return self.holder is not None and self.holder.poll() is None
 
     def pids(self) -> list[int]:
-        """PIDs of every process in this network namespace except the holder."""
+        """PIDs of every process in this network + mount namespace except the
+        holder (the mount namespace tells apart namespaces sharing one network)."""
         out = []
         if self.net_inode is None:
             return out
@@ -191,7 +205,11 @@ class Namespace:
             if not entry.isdigit() or int(entry) == self.pid:
                 continue
             try:
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == self.net_inode and not _is_zombie(int(entry)):
+                if (
+                    os.stat(f"/proc/{entry}/ns/net").st_ino == self.net_inode
+                    and os.stat(f"/proc/{entry}/ns/mnt").st_ino == self.mnt_inode
+                    and not _is_zombie(int(entry))
+                ):
                     out.append(int(entry))
             except OSError:
                 continue

@@ -44,6 +44,7 @@ from .mail import Maildir, NsSMTP
 from .netns import Namespace, stop_pid
 from .prereq import SMTPD, PrerequisiteError
 from .runtime import Runtime
+from .services import Service
 
 DOMAIN = "e2e.test"
 HOSTNAME = "mx.e2e.test"
@@ -105,6 +106,8 @@ class SmtpdServer:
         port: int = 25,
         submission_port: int = 587,
         start_timeout: float = 20.0,
+        services: Sequence[Service] = (),
+        share_net_with: "SmtpdServer | None" = None,
     ) -> None:
         self.runtime = runtime
         self.filters = [f if isinstance(f, ProcExec) else ProcExec(f) for f in filters]
@@ -119,9 +122,20 @@ class SmtpdServer:
         self.maildir = Maildir(self.dir / "mail")
         #: world-writable directory a filter may write files to (it runs as opensmtpd)
         self.scratch = self.dir / "scratch"
-        self.ns = Namespace(self.dir / "ns")
-        self.dns = DNSServerProcess(
-            self.zone, self.dir / "dns", python=runtime.python, port=53, argv_prefix=[]
+        #: daemons (redis, rspamd: services.py) started in the namespace after
+        #: the DNS server and before smtpd, stopped after smtpd
+        self.services = list(services)
+        #: a second smtpd on the same loopback as ``share_net_with`` (its own
+        #: mount namespace, queue and control socket; its port must differ):
+        #: it uses the other's DNS server and services
+        self.share_net_with = share_net_with
+        if share_net_with is not None and port == share_net_with.port:
+            raise ValueError(f"port {port} is taken by the smtpd whose network this one shares")
+        self.ns = Namespace(self.dir / "ns", share_net_with=share_net_with.ns if share_net_with else None)
+        self.dns = (
+            share_net_with.dns
+            if share_net_with is not None
+            else DNSServerProcess(self.zone, self.dir / "dns", python=runtime.python, port=53, argv_prefix=[])
         )
         self.proc: subprocess.Popen | None = None
         #: (pid, cmdline) of processes still running in the namespace 3 s after
@@ -215,8 +229,11 @@ class SmtpdServer:
         self.conf_path.chmod(0o644)
 
         self.ns.start()
-        self.dns.argv_prefix = self.ns.nsenter_argv()
-        self.dns.start()
+        if self.share_net_with is None:
+            self.dns.argv_prefix = self.ns.nsenter_argv()
+            self.dns.start()
+        for svc in self.services:
+            svc.start(self.ns, self.dir)
 
         check = self.ns.run([SMTPD, "-n", "-f", str(self.conf_path)], env=self._env(preload=False))
         if check.returncode != 0:
@@ -263,14 +280,18 @@ class SmtpdServer:
             self.alive_at_stop = self.proc.poll() is None
             if self.alive_at_stop:
                 stop_pid(self.proc.pid, popen=self.proc)
+        for svc in reversed(self.services):
+            svc.stop()
+        own_dns = self.share_net_with is None
         if self.ns.alive():
-            dns_pid = self.dns.pid if self.dns.alive() else None
+            dns_pid = self.dns.pid if own_dns and self.dns.alive() else None
             # filters get EOF when smtpd goes; give them a moment to exit on their own
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline and [p for p in self.ns.pids() if p != dns_pid]:
                 time.sleep(0.05)
             self.leftovers = self.ns.kill_leftovers(keep=[dns_pid] if dns_pid else [])
-        self.dns.stop()
+        if own_dns:
+            self.dns.stop()
         self.ns.stop()
         if self in ACTIVE:
             ACTIVE.remove(self)
@@ -377,6 +398,9 @@ def server_pool(runtime: Runtime, server_class: type[SmtpdServer] = SmtpdServer)
                 prerequisites_for("tls")
             except PrerequisiteError as e:
                 skip_or_fail(str(e))
+        missing = [p for svc in kw.get("services", ()) for p in svc.missing()]
+        if missing:
+            skip_or_fail("; ".join(missing))
         server = server_class(runtime, filters, **kw)
         servers.append(server)
         try:

@@ -1,0 +1,273 @@
+"""The message-layer extension: ``on_message_stream`` (a watcher sees the body
+as it arrives while the SDK holds the message) and ``max_message_size`` /
+``on_oversize`` (a message past the cap goes on unchanged and unbuffered)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enginekit import Driven
+from smtpd_filter_sdk import Filter, reject
+from smtpd_filter_sdk.message import stuff
+from smtpd_filter_sdk.protocol import is_fatal_output
+
+SID, TOK = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+TS = "1795218811.493169"
+
+
+def data_lines(d, payloads):
+    return [d.wire.request(TS, "data-line", SID, TOK, p) for p in payloads]
+
+
+def payloads(out):
+    return [line.split(b"|", 3)[3] for line in out]
+
+
+def commit(d):
+    return d.send(d.wire.request(TS, "commit", SID, TOK))[0].split(b"|", 3)[3]
+
+
+class Recorder:
+    """A watcher that keeps what it is shown and stamps the headers."""
+
+    def __init__(self, log):
+        self.log = log
+        self.chunks = []
+
+    def body(self, chunk):
+        self.chunks.append(chunk)
+
+    def end(self, headers):
+        self.log.append(b"".join(self.chunks))
+        headers.add("X-Seen", f"{len(self.chunks)} chunks")
+
+
+def watching(seen, *, cap=None):
+    f = Filter("t", max_message_size=cap)
+    f.on_message_stream(lambda session, headers: Recorder(seen))
+    return f
+
+
+# -- on_message_stream ------------------------------------------------------------
+
+
+def test_watcher_sees_the_unstuffed_body_and_the_message_leaves_after_the_dot():
+    seen = []
+    d = Driven(watching(seen))
+    held = d.send(*data_lines(d, [b"Received: x", b"Subject: s", b"", b"..dot", b"plain", b"", b"tail "]))
+    assert held == []  # nothing leaves before the end: the header goes first
+    out = d.send(*data_lines(d, [b"."]))
+    assert seen == [b".dot\r\nplain\r\n\r\ntail \r\n"]
+    assert payloads(out) == [b"X-Seen: 1 chunks", b"Received: x", b"Subject: s", b"", b"..dot", b"plain", b"", b"tail ", b"."]
+    assert commit(d) == b"proceed"
+
+
+def test_a_long_body_reaches_the_watcher_in_batches_as_it_arrives():
+    seen = []
+    watcher_holder = []
+
+    def start(session, headers):
+        watcher_holder.append(Recorder(seen))
+        return watcher_holder[0]
+
+    f = Filter("t")
+    f.on_message_stream(start)
+    d = Driven(f)
+    body = [b"line %d" % i if i % 7 else b".dotted %d" % i for i in range(1000)]
+    d.send(*data_lines(d, [b"Subject: s", b""] + [stuff(x) for x in body]))
+    assert len(watcher_holder[0].chunks) >= 3  # seen before the end, a batch at a time
+    out = d.send(*data_lines(d, [b"."]))
+    assert seen == [b"".join(x + b"\r\n" for x in body)]
+    assert payloads(out)[2:-1] == [b""] + [stuff(x) for x in body]
+
+
+def test_handler_that_returns_none_holds_nothing():
+    f = Filter("t")
+
+    @f.on_message_stream
+    def start(session, headers):
+        headers.add("X-Skipped", "yes")
+        return None
+
+    d = Driven(f)
+    out = d.send(*data_lines(d, [b"Subject: s", b"", b"body"]))
+    assert payloads(out) == [b"X-Skipped: yes", b"Subject: s", b"", b"body"]
+    assert payloads(d.send(*data_lines(d, [b"."]))) == [b"."]
+
+
+@pytest.mark.parametrize(
+    "lines, body",
+    [
+        ([b"Subject: s", b"."], b""),  # headers only, no empty line
+        ([b"Subject: s", b"", b"."], b""),  # empty body
+        ([b"Subject: s", b"not a header", b"."], b"not a header\r\n"),  # no separator
+    ],
+)
+def test_message_shapes_without_a_usual_body(lines, body):
+    seen = []
+    d = Driven(watching(seen))
+    out = d.send(*data_lines(d, lines))
+    assert seen == [body]
+    assert payloads(out) == [b"X-Seen: %d chunks" % (1 if body else 0)] + lines
+    assert sum(line.endswith(b"|.") for line in out) == 1
+
+
+@pytest.mark.parametrize("policy", ["fail-open", "fail-closed"])
+@pytest.mark.parametrize("where", ["start", "body", "end"])
+def test_a_failing_watcher_lets_the_message_pass_unchanged(policy, where, capfd):
+    class Broken:
+        def body(self, chunk):
+            if where == "body":
+                raise RuntimeError("boom")
+
+        def end(self, headers):
+            headers.add("X-Half", "done")
+            if where == "end":
+                raise RuntimeError("boom")
+
+    f = Filter("t", on_error=policy)
+
+    @f.on_message_stream
+    def start(session, headers):
+        if where == "start":
+            raise RuntimeError("boom")
+        return Broken()
+
+    d = Driven(f)
+    message = [b"Subject: s", b""] + [b"..l%d" % i for i in range(600)]
+    out = d.send(*data_lines(d, message + [b"."]))
+    assert payloads(out) == message + [b"."]
+    assert commit(d) == (b"proceed" if policy == "fail-open" else b"reject|451 4.7.0 Temporary filter failure, try again later")
+    assert "boom" in capfd.readouterr().err
+
+
+def test_a_watcher_must_have_body_and_end(capfd):
+    f = Filter("t")
+    f.on_message_stream(lambda session, headers: "not a watcher")
+    d = Driven(f)
+    assert payloads(d.send(*data_lines(d, [b"Subject: s", b"", b"x", b"."]))) == [b"Subject: s", b"", b"x", b"."]
+    assert "not a watcher" in capfd.readouterr().err
+
+
+def test_watcher_decision_is_applied_at_commit():
+    class Refuse:
+        def body(self, chunk):
+            self.bad = b"GTUBE" in chunk
+
+        def end(self, headers):
+            return reject(550, "5.7.1 no") if self.bad else None
+
+    f = Filter("t")
+    f.on_message_stream(lambda s, h: Refuse())
+    d = Driven(f)
+    d.send(*data_lines(d, [b"Subject: s", b"", b"GTUBE", b"."]))
+    assert commit(d) == b"reject|550 5.7.1 no"
+
+
+def test_long_lines_are_held_and_checked_like_any_other(capfd):
+    seen = []
+    d = Driven(watching(seen), "0.6")
+    out = d.send(*data_lines(d, [b"Subject: s", b"", b"x" * 3000, b"."]))
+    assert seen == [b"x" * 3000 + b"\r\n"] and payloads(out)[3] == b"x" * 3000
+    assert "cut at 2047 bytes" in capfd.readouterr().err  # smtpd < 7.4 would cut it
+    d = Driven(watching(seen), "0.7")
+    out = d.send(*data_lines(d, [b"Subject: s", b"", b"y" * 70000, b"."]))
+    assert max(map(len, out)) < 200 and commit(d).startswith(b"reject|552")
+
+
+def test_decorators_exclude_each_other():
+    f = Filter("t")
+    f.on_message_stream(lambda s, h: None)
+    for other in (f.on_message, f.on_headers, f.on_data_line):
+        with pytest.raises(ValueError):
+            other(lambda s, x: None)
+    g = Filter("t")
+    g.on_message(lambda s, m: None)
+    with pytest.raises(ValueError):
+        g.on_message_stream(lambda s, h: None)
+    with pytest.raises(TypeError):
+
+        @Filter("t").on_message_stream
+        async def start(session, headers):
+            return None
+
+
+def test_stream_handler_registers_data_lines_and_a_plain_filter_does_not():
+    f = Filter("t")
+    f.on_message_stream(lambda s, h: None)
+    reg = Driven(f).registration
+    assert b"register|filter|smtp-in|data-line" in reg and b"register|filter|smtp-in|commit" in reg
+    g = Filter("t", max_message_size=10)
+    g.on("helo")(lambda s, name: None)
+    assert b"register|filter|smtp-in|data-line" not in Driven(g).registration
+
+
+# -- max_message_size / on_oversize -------------------------------------------------
+
+
+def oversized(kind):
+    calls = []
+    f = Filter("t", max_message_size=100)
+    if kind == "message":
+        f.on_message(lambda s, m: calls.append(("message", m)))
+    elif kind == "headers":
+        f.on_headers(lambda s, h: calls.append(("headers", h)))
+    else:
+        f.on_message_stream(lambda s, h: Recorder(calls))
+
+    @f.on_oversize
+    def big(session, size):
+        calls.append(("oversize", size))
+        return reject(552, "5.3.4 too big for me")
+
+    return f, calls
+
+
+@pytest.mark.parametrize("kind", ["message", "stream", "headers"])
+def test_a_message_past_the_cap_streams_on_unchanged_and_the_filter_is_told(kind):
+    f, calls = oversized(kind)
+    d = Driven(f)
+    head = [b"Subject: s", b"X-Long: " + b"a" * 40] if kind != "headers" else [b"Subject: s"]
+    filler = [b"..b" * 10] * 3 if kind != "headers" else [b"X-H: " + b"h" * 30] * 3
+    out = d.send(*data_lines(d, head + ([b""] if kind != "headers" else []) + filler))
+    sent = head + ([b""] if kind != "headers" else []) + filler
+    assert payloads(out) == sent  # what was held went out the moment the cap was passed
+    sizes = [sum(len(x) + 2 for x in sent[: i + 1]) for i in range(len(sent))]
+    crossed = next(size for size in sizes if size > 100)  # the size when it passed the cap
+    assert [c for c in calls if c[0] == "oversize"] == [("oversize", crossed)]
+    later = d.send(*data_lines(d, [b"more", b"."]))
+    assert payloads(later) == [b"more", b"."]  # the rest streams
+    assert [c[0] for c in calls] == ["oversize"]  # the message handler never saw it
+    assert commit(d) == b"reject|552 5.3.4 too big for me"
+
+
+def test_the_cap_is_per_message_and_logged_without_a_handler(capfd):
+    seen = []
+    d = Driven(watching(seen, cap=60))
+    d.send(*data_lines(d, [b"Subject: s", b"", b"x" * 80, b"."]))
+    assert seen == [] and "message over 60 bytes: passed on unchanged" in capfd.readouterr().err
+    assert commit(d) == b"proceed"
+    d.send(d.wire.report(TS, "tx-reset", SID, "0a0b0c0d"))
+    out = d.send(*data_lines(d, [b"Subject: t", b"", b"small", b"."]))
+    assert seen == [b"small\r\n"] and payloads(out)[0] == b"X-Seen: 1 chunks"
+
+
+# -- property: whatever the lines, the watcher sees the body and the wire is intact ---
+
+line_st = st.one_of(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+    st.sampled_from([b"", b".", b"..", b" ", b"\t", b".x", b"From: a@b"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(line_st, max_size=40), st.lists(line_st, max_size=700))
+def test_property_watched_message(header_lines, body):
+    header_lines = [h for h in header_lines if h and h[:1] not in b" \t" and b":" in h] or [b"Subject: s"]
+    seen = []
+    d = Driven(watching(seen))
+    wire_in = [stuff(x) for x in header_lines + [b""] + body]
+    out = d.send(*data_lines(d, wire_in + [b"."]))
+    assert all(is_fatal_output(line) is None for line in out)
+    assert payloads(out)[0].startswith(b"X-Seen: ") and payloads(out)[1:] == wire_in + [b"."]
+    assert seen == [b"".join(x + b"\r\n" for x in body)]
