@@ -228,7 +228,7 @@ NOT_CODE = {"EHLO", "HELO", "bufio.Scanner"}
 MODULES = ["smtpd_filter_sdk"] + [f"smtpd_filter_sdk.{m}" for m in
                                   ("filter", "responses", "session", "message", "protocol", "dns", "netaddr", "goflags", "log")]
 #: The variables the page uses for instances.
-INSTANCES = {"session": "Session", "tx": "Transaction", "headers": "Headers", "msg": "Message", "report": "Report",
+INSTANCES = {"session": "Session", "tx": "Transaction", "headers": "Headers", "msg": "Message", "report": "Report", "watcher": "MessageWatcher",
              "resolver": "smtpd_filter_sdk.dns.Resolver"}
 
 
@@ -296,7 +296,7 @@ def test_the_api_reference_covers_the_public_api():
     text = (DOCS / "api.md").read_text(encoding="utf-8")
     missing = [n for n in smtpd_filter_sdk.__all__ if f"`{n}" not in text and f"{n}()" not in text]
     assert missing == []
-    for decorator in ("on", "on_report", "on_data_line", "on_headers", "on_message", "on_reload", "on_config"):
+    for decorator in ("on", "on_report", "on_data_line", "on_headers", "on_message", "on_message_stream", "on_oversize", "on_reload", "on_config"):
         assert f"`@f.{decorator}" in text
 
 
