@@ -9,10 +9,12 @@ a naive hand-written filter shows what the checker catches.
 
 A production filter module in ``smtpd_filters`` takes part by defining
 ``DEMO = {"args": [...], "env": {...}}`` (it is then run as
-``python -m smtpd_filters.NAME ARGS``).  An example may define ``DEMO`` too
-(read from its source, not imported), with ``"zone"``: DNS data (the
-``Zone.from_dict`` format) that a loopback DNS server answers during its
-demo, at the address ``{dns}`` in its args stands for.  Extra filter command lines can be
+``python -m smtpd_filters.NAME ARGS``); ``"files": {name: text}`` are written
+to a fresh directory first, and ``{tmp}`` in ARGS is that directory.  An
+example may define ``DEMO`` too (read from its source, not imported), with
+``"zone"``: DNS data (the ``Zone.from_dict`` format) that a loopback DNS
+server answers during its demo, at the address ``{dns}`` in its args stands
+for.  Extra filter command lines can be
 given as arguments: ``python -m smtpd_filter_sdk.testing.demo "python3 my.py"``.
 """
 
@@ -104,7 +106,13 @@ def discover(extra: Sequence[str] = ()) -> list[DemoFilter]:
             demo = getattr(module, "DEMO", None)
             if not isinstance(demo, dict):
                 continue
-            command = shlex.join([sys.executable, "-m", f"smtpd_filters.{info.name}", *demo.get("args", [])])
+            args = list(demo.get("args", []))
+            if demo.get("files"):
+                tmp = Path(tempfile.mkdtemp(prefix=f"demo-{info.name}-"))
+                for fname, text in demo["files"].items():
+                    (tmp / fname).write_text(text)
+                args = [a.replace("{tmp}", str(tmp)) for a in args]
+            command = shlex.join([sys.executable, "-m", f"smtpd_filters.{info.name}", *args])
             out.append(DemoFilter(f"smtpd_filters.{info.name}", command, _first_doc_line(Path(module.__file__ or "")), {**env, **demo.get("env", {})}))
     for command in extra:
         out.append(DemoFilter(default_name(command), command, "", env))

@@ -195,6 +195,7 @@ class EngineTransport:
             task.cancel()
         if pending:
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.run_until_complete(self.engine.shutdown())
         self.loop.close()
         self.filter.log = self._saved_log
 

@@ -83,8 +83,8 @@ def libexec_overlay(rt: Runtime) -> Path:
 
 
 class _LibexecNamespace(Namespace):
-    def __init__(self, workdir: Path, overlay: Path) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, overlay: Path, **kw) -> None:
+        super().__init__(workdir, **kw)
         self.overlay = overlay
 
     def start(self, timeout: float = 10.0) -> "Namespace":
@@ -101,7 +101,7 @@ class BareSmtpdServer(SmtpdServer):
 
     def __init__(self, runtime: Runtime, *args, **kw) -> None:
         super().__init__(runtime, *args, **kw)
-        self.ns = _LibexecNamespace(self.dir / "ns", libexec_overlay(runtime))
+        self.ns = _LibexecNamespace(self.dir / "ns", libexec_overlay(runtime), share_net_with=self.ns.share_net_with)
 
 
 @pytest.fixture(scope="module")
