@@ -141,8 +141,8 @@ class Filter:
         self.oversize_handler: Handler | None = None
         self.reload_handlers: list[Callable[[], Any]] = []
         self.config_handlers: list[Callable[[protocol.Config], Any]] = []
-        self.start_handlers: list[Callable[[], Awaitable[Any]]] = []
         self.shutdown_handlers: list[Callable[[], Any]] = []
+        self.start_handlers: list[Callable[[], Awaitable[Any]]] = []
 
     # -- decorators --------------------------------------------------------
 
@@ -271,6 +271,13 @@ class Filter:
         self.config_handlers.append(fn)
         return fn
 
+    def on_shutdown(self, fn: F) -> F:
+        """Called once when smtpd has gone away, before the event loop closes
+        (close pooled connections, flush state).  May be ``async``: it is
+        awaited, under the filter's deadline."""
+        self.shutdown_handlers.append(fn)
+        return fn
+
     def on_start(self, fn: F) -> F:
         """An ``async def`` run once as a background task when the filter
         has registered with smtpd; cancelled when smtpd goes away (EOF).  For
@@ -279,13 +286,6 @@ class Filter:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError("on_start handlers must be async functions")
         self.start_handlers.append(fn)
-        return fn
-
-    def on_shutdown(self, fn: F) -> F:
-        """Called once when smtpd has gone away, before the event loop closes
-        (close pooled connections, flush state).  May be ``async``: it is
-        awaited, under the filter's deadline."""
-        self.shutdown_handlers.append(fn)
         return fn
 
     def _only_one(self, attr: str) -> None:
