@@ -60,6 +60,8 @@ from smtpd_filters.trapstore import Policy, TrapStore, client_keys, record_key
 
 PROG = "py-filter-spamtraps"
 KEY = "spamtraps"
+#: set once this session was checked against the trapped clients
+CHECKED = "spamtraps.checked"
 
 #: Senders from these domains that pass SPF are never trapped: a typo by a
 #: big provider's user must not block the provider's outbound MX.
@@ -258,6 +260,7 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
 
     def refuse(session: Any, phase: str) -> Any:
         """A trapped client at -blockPhase: the neutral refusal."""
+        session.data[CHECKED] = True
         if phase != "connect" and session.authenticated:
             return None
         until = st.blocked_until(session)
@@ -273,8 +276,20 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
         def connect(session, rdns, src):
             return refuse(session, "connect")
 
-    elif opts.blockPhase != "rcpt-to":
+    elif opts.blockPhase not in ("mail-from", "rcpt-to"):
         f.on(opts.blockPhase)(lambda session, *args: refuse(session, opts.blockPhase))
+
+    # In a chain, any answer but proceed ends a phase's round: a client an
+    # earlier filter junked at connect (or HELO) never reaches our check
+    # there (research/protocol.md 4.7).  Such a session is checked at MAIL
+    # FROM, or at its first RCPT TO.
+    if opts.blockPhase != "rcpt-to":
+
+        @f.on("mail-from")
+        def mail_from(session, address):
+            if opts.blockPhase == "mail-from" or not session.data.get(CHECKED):
+                return refuse(session, "mail-from")
+            return None
 
     def answer(address: str) -> Any:
         if opts.dryRun:
@@ -316,7 +331,7 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
 
     @f.on("rcpt-to")
     def rcpt_to(session, address):
-        if opts.blockPhase == "rcpt-to":
+        if opts.blockPhase == "rcpt-to" or not session.data.get(CHECKED):
             refused = refuse(session, "rcpt-to")
             if refused is not None:
                 return refused

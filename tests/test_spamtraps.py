@@ -380,3 +380,27 @@ def test_escalation_the_third_hit_within_a_week_blocks_for_a_month(files):
         [t] = store.rows()
         assert t.hits == 3
     store.close()
+
+
+@pytest.mark.parametrize("skipped", ["connect", "connect+mail-from"])
+def test_a_client_an_earlier_filter_junked_is_still_refused_later(files, skipped):
+    """In a chain, an earlier filter's junk at connect ends that round: smtpd
+    never asks us about the connect (research/protocol.md 4.7).  The
+    trapped client is then refused at MAIL FROM, or at its first RCPT TO."""
+    from smtpd_filter_sdk.testing.wire import Wire
+
+    h, f = make(files)
+    f.spamtraps.store.hit("192.0.2.7", "trap@example.org")
+    w = Wire("0.6")
+    sid, tok = "00000000000000a1", "00000000000000b2"
+    with h:
+        out = h.feed(w.report("1.0", "link-connect", sid, "x.example", "pass", "192.0.2.7:4000", "127.0.0.1:25"))
+        assert out == []
+        if skipped == "connect":
+            out = h.feed(w.request("1.1", "mail-from", sid, tok, "a@x.example"))
+        else:
+            out = h.feed(w.request("1.2", "rcpt-to", sid, tok, "bob@example.org"))
+        phase = "mail-from" if skipped == "connect" else "rcpt-to"
+        assert out == [w.result(sid, tok, f"disconnect|{BLOCK}")]
+        assert f"{sid} {phase}: addr=192.0.2.7 is trapped (86400s left): refused" in h.stderr
+    f.spamtraps.store.close()
