@@ -186,3 +186,24 @@ def test_a_sender_passing_spf_for_a_listed_domain_is_not_trapped(bare_smtpd_fact
         assert c.rcpt(f"trap@{DOMAIN}")[0] == 550
     assert srv.wait_log(rf"f1: \S+ rcpt-to: trap trap@{DOMAIN}: SPF fail for client\.e2e\.test")
     assert banner(srv, "127.0.0.10") == REFUSED
+
+
+def test_behind_a_filter_that_junks_at_connect_the_trapped_client_is_refused_at_mail(bare_smtpd_factory, state):
+    """Chain senderscore (test mode: 127.0.0.12 scores 12, junked at connect)
+    -> spamtraps.  smtpd does not ask spamtraps about that connect (the
+    junk ended the round), so the trapped client is refused at MAIL FROM."""
+    srv = bare_smtpd_factory([
+        "py-filter-senderscore -testMode -junkBelow 50",
+        cmd(state, "-expire", "1h", db="chain.db"),
+    ])
+    with client(srv, "127.0.0.12") as c:
+        c.ehlo("client.e2e.test")
+        c.mail(FROM)
+        assert c.rcpt(f"trap@{DOMAIN}")[0] == 550
+    assert banner(srv, "127.0.0.12").startswith("220 ")  # not refused at connect: never asked
+    assert not srv.log_lines(r"f2: \S+ connect: addr=127\.0\.0\.12")
+    with client(srv, "127.0.0.12") as c:
+        c.ehlo("client.e2e.test")
+        code, text = c.mail(FROM)
+        assert (code, text) == (421, b"4.7.0 Service temporarily unavailable, try again later")
+    assert srv.wait_log(r"f2: \S+ mail-from: addr=127\.0\.0\.12 is trapped \(\d+s left\): refused")
