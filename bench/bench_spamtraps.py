@@ -48,12 +48,12 @@ TARGET_RSS = 40.0
 def populate(db: str, n: int) -> list[tuple[str, int]]:
     sys.path.insert(0, os.path.dirname(HERE))
     from smtpd_filters.trapcache import cache_key
-    from smtpd_filters.trapstore import SCHEMA
+    from smtpd_filters.trapstore import INDEXES, SCHEMA
 
     now = int(time.time())
     rows = [(f"10.{i >> 16 & 1}.{i >> 8 & 255}.{i & 255}", now + 86400) for i in range(n)]
     c = sqlite3.connect(db)
-    c.executescript(SCHEMA)
+    c.executescript(SCHEMA + INDEXES)
     c.executemany(
         "INSERT INTO traps VALUES (?, ?, ?, 1, ?, ?, 1, 'trap@example.org', 'bench', ?, ?)",
         [(k, now, now, exp, now, i + 1, cache_key(k)) for i, (k, exp) in enumerate(rows)],

@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS traps (
     seq INTEGER NOT NULL,       -- change counter: readers poll seq > last seen
     ip4 INTEGER                 -- an IPv4 key as its integer (NULL otherwise): the cache loads in its order
 );
+"""
+INDEXES = """
 CREATE INDEX IF NOT EXISTS traps_seq ON traps(seq);
 CREATE INDEX IF NOT EXISTS traps_ip4 ON traps(ip4) WHERE ip4 IS NOT NULL;
 """
@@ -249,7 +251,19 @@ class TrapStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA cache_size=-512")  # KiB: rows are read by key, the cache holds what sessions need
         db.executescript(SCHEMA)
+        if "ip4" not in {row[1] for row in db.execute("PRAGMA table_info(traps)")}:
+            self._add_ip4(db)  # a file from before the column (the first version of this filter)
+        db.executescript(INDEXES)
         return db
+
+    @staticmethod
+    def _add_ip4(db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE traps ADD COLUMN ip4 INTEGER")
+        keys = [k for (k,) in db.execute("SELECT key FROM traps")]
+        db.executemany("UPDATE traps SET ip4 = ? WHERE key = ?",
+                       [(ck, k) for k in keys if type(ck := cache_key(k)) is int])
+        db.execute("COMMIT")
 
     def _load(self) -> None:
         now = int(self.clock())

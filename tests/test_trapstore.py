@@ -191,3 +191,26 @@ def test_a_locked_database_loses_the_record_not_the_block(tmp_path, clock):
     finally:
         other.close()
         s.close()
+
+
+def test_a_file_from_before_the_ip4_column_is_upgraded(tmp_path, clock):
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE traps (key TEXT PRIMARY KEY, first INTEGER NOT NULL, last INTEGER NOT NULL, "
+        "hits INTEGER NOT NULL, expires INTEGER NOT NULL, window_start INTEGER NOT NULL, "
+        "window_hits INTEGER NOT NULL, trap TEXT NOT NULL, host TEXT NOT NULL, seq INTEGER NOT NULL);"
+    )
+    exp = int(clock.now) + 600
+    old.executemany("INSERT INTO traps VALUES (?, 1, 1, 1, ?, 1, 1, 't@x', 'mx1', ?)",
+                    [("192.0.2.1", exp, 1), ("2001:db8::/64", exp, 2)])
+    old.commit()
+    old.close()
+    s = TrapStore(path, Policy(expiry=3600), clock=clock)
+    try:
+        assert s.blocked_until(["192.0.2.1"]) == exp and s.blocked_until(["2001:db8::/64"]) == exp
+        s.hit("192.0.2.9", "t@x")
+        s.flush()
+        assert len(s.rows()) == 3
+    finally:
+        s.close()
