@@ -424,11 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
         return 1
     st = f.spamtraps  # type: ignore[attr-defined]
+    shown = f.redis.shown if opts.redis else ""  # type: ignore[attr-defined]  (no password in the log)
     f.on_shutdown(st.store.close)  # smtpd gone: write the pending hits, then exit
     f.log(
         f"starting ({len(st.traps)} traps, {len(st.store.cache)} trapped clients in {opts.db}; "
         f"action={opts.action} expire={seconds(opts.expire)}s blockPhase={opts.blockPhase}"
-        f"{' redis=' + opts.redis if opts.redis else ''}{' dry run' if opts.dryRun else ''})"
+        f"{' redis=' + shown if shown else ''}{' dry run' if opts.dryRun else ''})"
     )
     f.run()
     return 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from typing import Any, Callable
 
 import redis.asyncio as aioredis
@@ -40,7 +41,7 @@ from redis.exceptions import RedisError
 from smtpd_filters.trapcache import cache_key
 from smtpd_filters.trapstore import Trap, TrapStore, parse_key
 
-__all__ = ["RECORD_SCRIPT", "RedisMirror", "RedisNames", "check_url", "record"]
+__all__ = ["RECORD_SCRIPT", "RedisMirror", "RedisNames", "check_url", "record", "redact"]
 
 #: KEYS[1] hash, KEYS[2] index; ARGV: exp, now, hits to add, trap, host, channel, key
 RECORD_SCRIPT = """
@@ -85,6 +86,26 @@ def check_url(url: str) -> str:
     return url
 
 
+def redact(url: str) -> str:
+    """The URL for the log: a password (``redis://:PW@host``,
+    ``redis://user:PW@host``, ``?password=PW``) shown as ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hostport}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}" if v or "=" in item else k
+        for item in parts.query.split("&") if item
+        for k, _, v in [item.partition("=")]
+    )
+    shown = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    if url.startswith(f"{parts.scheme}://") and not shown.startswith(f"{parts.scheme}://"):
+        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1:]}"  # unix:///path keeps its empty host
+    return shown
+
+
 class RedisNames:
     """Key and channel names under one prefix."""
 
@@ -111,6 +132,7 @@ class RedisMirror(RedisNames):
     ) -> None:
         super().__init__(prefix, host)
         self.url, self.store, self.log = url, store, log
+        self.shown = redact(url)  # what the log says: never the password
         self.timeout, self.retry_max = timeout, retry_max
         self.connected = False
         #: hits not yet in Redis: key -> (trap, hits)
@@ -144,10 +166,10 @@ class RedisMirror(RedisNames):
             try:
                 synced = await self._connect(client)
                 if down_since is not None:
-                    self.log(f"redis {self.url}: reachable again after {time.monotonic() - down_since:.0f}s "
+                    self.log(f"redis {self.shown}: reachable again after {time.monotonic() - down_since:.0f}s "
                              f"({synced} trapped clients read, {len(self.pending)} local hits to send)")
                 else:
-                    self.log(f"redis {self.url}: connected ({synced} trapped clients read)")
+                    self.log(f"redis {self.shown}: connected ({synced} trapped clients read)")
                 self.connected, down_since, delay = True, None, 1.0
                 await self._serve(client)
             except asyncio.CancelledError:
@@ -157,7 +179,7 @@ class RedisMirror(RedisNames):
                     exc = exc.exceptions[0]
                 if down_since is None:
                     down_since = time.monotonic()
-                    self.log(f"redis {self.url}: unreachable ({exc!r}); deciding from the local store, retrying")
+                    self.log(f"redis {self.shown}: unreachable ({exc!r}); deciding from the local store, retrying")
             finally:
                 self.connected = False
                 try:

@@ -315,6 +315,15 @@ def test_an_unusable_database_is_a_one_line_startup_error(files):
     assert "unable to open database file" in r.stderr.decode()
 
 
+def test_the_start_line_never_shows_the_redis_password(files):
+    pytest.importorskip("redis")
+    r = run_main("-traps", str(files / "traps"), "-db", str(files / "t.db"), "-spf=false",
+                 "-redis", "redis://alice:s3cret-pw@127.0.0.1:1/0")
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "starting (" in err, err
+    assert "s3cret-pw" not in err and "redis=redis://alice:***@127.0.0.1:1/0" in err
+
+
 @pytest.mark.parametrize("action", ["reject", "disconnect", "junk"])
 def test_smtpd_filter_check_is_clean_for_every_dialect(tmp_path, action):
     """The SDK's checker (built-in sessions + fuzzed streams, every released

@@ -115,6 +115,31 @@ def test_redis_down_at_start_then_up_the_local_hits_are_sent(tmp_path, prefix):
     assert any("reachable again" in line and "1 local hits to send" in line for line in mx1.log)
 
 
+def test_the_log_never_shows_the_redis_password(tmp_path, prefix):
+    """redis://:PASSWORD@host is how Redis AUTH is configured; the URL is
+    logged (connected, unreachable), its password never."""
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"  # nobody listens there
+
+    async def scenario(mx1):
+        await until(lambda: any("unreachable" in line for line in mx1.log))
+
+    (mx1,) = run_hosts(tmp_path, url, prefix, scenario, n=1)
+    (line,) = [line for line in mx1.log if "unreachable" in line]
+    assert "s3cret-pw" not in line
+    assert line.startswith(f"redis redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}: unreachable")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("rediss://default:pw@127.0.0.1/1", "rediss://default:***@127.0.0.1/1"),
+    ("unix:///run/redis.sock?db=2&password=pw", "unix:///run/redis.sock?db=2&password=***"),
+])
+def test_redact(url, shown):
+    from smtpd_filters.trapredis import redact
+
+    assert redact(url) == shown
+
+
 def test_redis_killed_mid_run_the_store_goes_on_and_resyncs(tmp_path, prefix):
     redis_or_skip()
     srv = RedisProcess().start()
