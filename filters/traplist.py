@@ -67,7 +67,12 @@ def parse_entry(text: str) -> Entry:
     if text.startswith("/"):
         m = _REGEX_LINE.match(text)
         if m is None:
-            raise ValueError("a regex line is /PATTERN/FLAGS (nothing after the flags)")
+            # '/' may also start a local part (RFC 5321 atext): an address
+            # cannot end in /FLAGS, so what is no regex may be one
+            try:
+                return _address_entry(text)
+            except ValueError:
+                raise ValueError("a regex line is /PATTERN/FLAGS (nothing after the flags)") from None
         flags = 0
         for ch in m["flags"]:
             if ch not in _FLAGS:
@@ -80,6 +85,10 @@ def parse_entry(text: str) -> Entry:
         except re.error as exc:
             raise ValueError(f"bad regex: {exc}") from None
         return Entry("regex", text.strip(), rx)
+    return _address_entry(text)
+
+
+def _address_entry(text: str) -> Entry:
     text = text.split(" #", 1)[0].split("\t#", 1)[0].strip()
     local, at, domain = text.rpartition("@")
     if not at:

@@ -18,6 +18,7 @@ Exact.Local@Example.NET   # local parts keep their case
 *@honeypot.example.org
 /^old-[0-9]+@example\\.org$/
 /^SALES@/i
+/trap@example.org
 """
 
 
@@ -41,6 +42,8 @@ Exact.Local@Example.NET   # local parts keep their case
         ("", None),
         ("<>", None),
         ("postmaster", None),
+        ("/trap@example.org", "/trap@example.org"),  # '/' may start a local part (RFC 5321 atext)
+        ("trap@example.org/", None),
     ],
 )
 def test_matches(address, entry):
