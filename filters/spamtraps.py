@@ -124,9 +124,19 @@ def _non_negative_int(value: int) -> int:
 
 
 def _redis_url(url: str) -> str:
-    from smtpd_filters.trapredis import check_url  # redis-py is needed only with -redis
-
+    try:
+        from smtpd_filters.trapredis import check_url  # redis-py is needed only with -redis
+    except ImportError:
+        return url  # not a flag error: build() says what to install
     return check_url(url)
+
+
+def _extra(flag: str, module: str, package: str, extra: str) -> None:
+    """A flag's optional dependency, or a StartupError saying what to install."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise StartupError(f"{flag} needs {package}: pip install 'smtpd-filters[{extra}]'") from None
 
 
 def _v6prefix(value: int) -> int:
@@ -245,6 +255,7 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
     st = SpamTraps(opts, log, store, spf)
     f.spamtraps = st  # type: ignore[attr-defined]  (for tests)
     if opts.redis:
+        _extra("-redis", "redis", "redis-py", "spamtraps")
         from smtpd_filters.trapredis import RedisMirror
 
         mirror = RedisMirror(opts.redis, store, prefix=opts.redisPrefix, log=log, host=store.host)
@@ -361,7 +372,8 @@ LEARN = "spamtraps.learn"
 def learn_spam(f: Filter, opts: Options) -> None:
     """Send the messages of trapped sessions to rspamd's /learnspam, after
     smtpd committed them; asynchronous, failures only logged."""
-    from smtpd_filter_sdk.http import HTTPClient, HTTPError  # aiohttp: needed only with -learnSpam
+    _extra("-learnSpam", "aiohttp", "aiohttp", "rspamd")  # the SDK's HTTP client imports it at the first request
+    from smtpd_filter_sdk.http import HTTPClient, HTTPError
 
     client = HTTPClient(opts.learnSpam, timeout=opts.learnTimeout)
     headers = [("Password", opts.learnPassword)] if opts.learnPassword else []

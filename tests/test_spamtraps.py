@@ -315,6 +315,30 @@ def test_an_unusable_database_is_a_one_line_startup_error(files):
     assert "unable to open database file" in r.stderr.decode()
 
 
+@pytest.mark.parametrize(
+    "missing, flags, message",
+    [
+        ("redis", ["-redis", "redis://127.0.0.1:6379/0"], "-redis needs redis-py: pip install 'smtpd-filters[spamtraps]'"),
+        ("aiohttp", ["-learnSpam", "http://127.0.0.1:11334"], "-learnSpam needs aiohttp: pip install 'smtpd-filters[rspamd]'"),
+    ],
+)
+def test_a_flag_whose_package_is_not_installed_is_a_one_line_startup_error(files, tmp_path, missing, flags, message):
+    """A venv with the base install only (no extras): the flag that needs
+    the package stops the start with one line, not a traceback at start nor
+    one per trapped message later."""
+    hide = tmp_path / "hide"
+    (hide / missing).mkdir(parents=True)
+    (hide / missing / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{missing}'\")\n")
+    env = {**filterkit.env(), "PYTHONPATH": f"{hide}:{filterkit.REPO}"}
+    r = subprocess.run(
+        [sys.executable, str(filterkit.REPO / "filters" / "spamtraps.py"), "-traps", str(files / "traps"),
+         "-db", str(files / "t.db"), "-spf=false", *flags],
+        input=b"", capture_output=True, env=env, timeout=10,
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err == f"py-filter-spamtraps: {message}\n", err
+
+
 def test_the_start_line_never_shows_the_redis_password(files):
     pytest.importorskip("redis")
     r = run_main("-traps", str(files / "traps"), "-db", str(files / "t.db"), "-spf=false",
