@@ -8,7 +8,9 @@ as spamdb(8) does for spamd.
 
 ``list`` prints one trapped client a line, tab-separated: key, blocked until,
 hits, first and last hit (UTC), recording host, last trap address (``-all``:
-expired ones and deletions too).  With ``-redis`` it lists what Redis holds
+expired ones and deletions too).  ``add`` takes what the filter looks a
+client up by: an IPv4 address (never a network), an IPv6 address, its /64,
+or a network of the filter's ``-ipv6Prefix`` length (noted).  With ``-redis`` it lists what Redis holds
 (every MX host's traps).  ``add`` blocks a client (IPv6 networks as
 ``2001:db8:1:2::/64``), ``del`` unblocks it, ``expire`` removes expired rows
 from the SQLite file.  The running filter sees changes to its SQLite file
@@ -71,6 +73,18 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
             cg.fail(f"not an IP address or network: {text!r}")
     if cmd in ("add", "del") and not keys:
         cg.fail("name at least one address")
+    notes = []
+    if cmd == "add":
+        # what the filter looks up (trapstore.client_keys): an IPv4 client by
+        # its address; an IPv6 one by its address, its /64, its -ipv6Prefix net
+        for key in keys:
+            if "/" not in key:
+                continue
+            if "." in key:
+                cg.fail(f"{key}: the filter blocks IPv4 clients by address, not by network")
+            plen = key.rpartition("/")[2]
+            if plen != "64":
+                notes.append(f"note: {key} blocks only where the filter runs with -ipv6Prefix {plen}")
     try:
         store = TrapStore(opts.db, Policy(), host="admin", worker=False)
     except Exception as exc:  # noqa: BLE001
@@ -88,6 +102,8 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
         if opts.redis:
             _redis_add(opts, keys, until, now)
         print(f"{len(keys)} blocked until {_utc(until)}", file=out)
+        for note in notes:
+            print(note, file=out)
     elif cmd == "del":
         for key in keys:
             store.set_expiry(key, 0)

@@ -132,9 +132,15 @@ def parse_key(text: str) -> str:
     if "/" in t:
         net = ipaddress.ip_network(t, strict=False)
         if net.prefixlen == net.max_prefixlen:
-            return str(net.network_address)
+            return record_key(_unmapped(net.network_address))
         return str(net)
-    return str(ipaddress.ip_address(t))
+    return record_key(_unmapped(ipaddress.ip_address(t)))
+
+
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``::ffff:192.0.2.7`` is ``192.0.2.7``: the filter sees such a client as IPv4."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped if mapped is not None else ip
 
 
 _STOP = object()

@@ -47,6 +47,31 @@ def test_add_list_del_expire(tmp_path):
         filt.close()
 
 
+def test_add_blocks_only_what_the_filter_refuses(tmp_path):
+    """The filter looks up a client by its address (IPv4-mapped IPv6 as the
+    IPv4 address) and, for IPv6, by its /64 and its -ipv6Prefix network:
+    ``add`` of anything else would say "blocked" and block nobody."""
+    from smtpd_filters.trapstore import client_keys
+    import ipaddress
+
+    db = str(tmp_path / "traps.db")
+    filt = TrapStore(db, Policy(expiry=3600), host="mx1", poll=0.05)  # the running filter
+    try:
+        assert run("-db", db, "add", "::ffff:192.0.2.9")[0] == 0
+        assert [ln.split("\t")[0] for ln in run("-db", db, "list")[1]] == ["192.0.2.9"]
+        wait_for(lambda: filt.blocked_until(client_keys(ipaddress.ip_address("192.0.2.9"))))
+    finally:
+        filt.close()
+    r = subprocess.run([sys.executable, "-m", "smtpd_filters.spamtraps_admin", "-db", db, "add", "192.0.2.0/24"],
+                       capture_output=True, env=filterkit.env(), timeout=20)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.count("\n") == 1, err
+    assert "py-spamtraps add: 192.0.2.0/24: the filter blocks IPv4 clients by address, not by network" in err
+    rc, lines = run("-db", db, "add", "2001:db8:1::/48", "2001:db8:2::/64")
+    assert rc == 0 and lines[0].startswith("2 blocked until")
+    assert lines[1:] == ["note: 2001:db8:1::/48 blocks only where the filter runs with -ipv6Prefix 48"]
+
+
 def wait_for(cond, timeout=5.0):
     end = time.monotonic() + timeout
     while not cond():
