@@ -44,6 +44,7 @@ never sees it.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
 import sys
@@ -131,12 +132,12 @@ def _redis_url(url: str) -> str:
     return check_url(url)
 
 
-def _extra(flag: str, module: str, package: str, extra: str) -> None:
+def _extra(flag: str, module: str, package: str, extra: str, alternative: str = "") -> None:
     """A flag's optional dependency, or a StartupError saying what to install."""
     try:
         __import__(module)
     except ImportError:
-        raise StartupError(f"{flag} needs {package}: pip install 'smtpd-filters[{extra}]'") from None
+        raise StartupError(f"{flag} needs {package}: pip install 'smtpd-filters[{extra}]'{alternative}") from None
 
 
 def _v6prefix(value: int) -> int:
@@ -245,12 +246,11 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
         try:
             store = TrapStore(opts.db, policy_of(opts), host=socket.gethostname(), log=log)
         except (sqlite3.Error, OSError) as exc:
-            raise StartupError(f"{opts.db}: {exc}") from None
+            raise StartupError(f"{opts.db}: {exc}{_db_hint(opts.db)}") from None
     if spf is None and opts.spf:
-        try:
-            from smtpd_filters.spf import SpfChecker
-        except ImportError as exc:
-            raise StartupError(f"SPF checks need smtpd_filters.spf ({exc}); -spf=false runs without them") from None
+        _extra("-spf", "smtpd_filters.spf", "pyspf", "spf", " (or -spf=false)")
+        from smtpd_filters.spf import SpfChecker
+
         spf = SpfChecker(timeout=opts.spfTimeout, nameservers=opts.resolver.split(",") if opts.resolver else None)
     st = SpamTraps(opts, log, store, spf)
     f.spamtraps = st  # type: ignore[attr-defined]  (for tests)
@@ -419,6 +419,17 @@ def learn_spam(f: Filter, opts: Options) -> None:
     @f.on_shutdown
     async def close_client():
         await client.close()
+
+
+def _db_hint(path: str) -> str:
+    """Why SQLite could not open ``path``, in the admin's terms (SQLite says
+    only "unable to open database file")."""
+    where = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(where):
+        return f" (the directory {where} does not exist: create it, writable by smtpd's filter user)"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f" (the directory {where} is not writable by uid {os.getuid()}, smtpd's filter user: WAL needs it)"
+    return ""
 
 
 def _utc(epoch: int) -> str:

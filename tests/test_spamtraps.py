@@ -310,9 +310,13 @@ def test_a_bad_trap_line_is_a_one_line_startup_error(files):
 
 
 def test_an_unusable_database_is_a_one_line_startup_error(files):
-    r = run_main("-traps", str(files / "traps"), "-db", str(files / "no" / "such" / "dir" / "t.db"), "-spf=false")
+    """The default -db directory does not exist after pip install: the line
+    in smtpd's log says what to do, not only SQLite's words."""
+    where = files / "no" / "such" / "dir"
+    r = run_main("-traps", str(files / "traps"), "-db", str(where / "t.db"), "-spf=false")
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1
-    assert "unable to open database file" in r.stderr.decode()
+    assert r.stderr.decode() == (f"py-filter-spamtraps: {where / 't.db'}: unable to open database file "
+                                 f"(the directory {where} does not exist: create it, writable by smtpd's filter user)\n")
 
 
 @pytest.mark.parametrize(
@@ -320,6 +324,7 @@ def test_an_unusable_database_is_a_one_line_startup_error(files):
     [
         ("redis", ["-redis", "redis://127.0.0.1:6379/0"], "-redis needs redis-py: pip install 'smtpd-filters[spamtraps]'"),
         ("aiohttp", ["-learnSpam", "http://127.0.0.1:11334"], "-learnSpam needs aiohttp: pip install 'smtpd-filters[rspamd]'"),
+        ("spf", ["-spf=true"], "-spf needs pyspf: pip install 'smtpd-filters[spf]' (or -spf=false)"),
     ],
 )
 def test_a_flag_whose_package_is_not_installed_is_a_one_line_startup_error(files, tmp_path, missing, flags, message):
@@ -329,9 +334,9 @@ def test_a_flag_whose_package_is_not_installed_is_a_one_line_startup_error(files
     hide = tmp_path / "hide"
     (hide / missing).mkdir(parents=True)
     (hide / missing / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{missing}'\")\n")
-    env = {**filterkit.env(), "PYTHONPATH": f"{hide}:{filterkit.REPO}"}
-    r = subprocess.run(
-        [sys.executable, str(filterkit.REPO / "filters" / "spamtraps.py"), "-traps", str(files / "traps"),
+    env = {**filterkit.env(), "PYTHONPATH": str(hide)}
+    r = subprocess.run(  # as the console script runs it (not from filters/, where spf.py is ours)
+        [sys.executable, "-m", "smtpd_filters.spamtraps", "-traps", str(files / "traps"),
          "-db", str(files / "t.db"), "-spf=false", *flags],
         input=b"", capture_output=True, env=env, timeout=10,
     )
