@@ -85,11 +85,31 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
             plen = key.rpartition("/")[2]
             if plen != "64":
                 notes.append(f"note: {key} blocks only where the filter runs with -ipv6Prefix {plen}")
+    redis_errors: tuple[type[BaseException], ...] = ()
+    if opts.redis:
+        try:
+            from redis.exceptions import RedisError
+
+            from smtpd_filters.trapredis import redact
+        except ImportError:
+            print(f"{PROG}: -redis needs redis-py: pip install 'smtpd-filters[spamtraps]'", file=sys.stderr)
+            return 1
+        redis_errors = (RedisError, OSError)
     try:
         store = TrapStore(opts.db, Policy(), host="admin", worker=False)
     except Exception as exc:  # noqa: BLE001
         print(f"{PROG}: {opts.db}: {exc}", file=sys.stderr)
         return 1
+    try:
+        return _run(cmd, opts, copts, keys, notes, store, out)
+    except redis_errors as exc:
+        # one line, never the password; add/del wrote SQLite before Redis
+        changed = " (the SQLite file was changed, Redis was not)" if cmd in ("add", "del") else ""
+        print(f"{PROG}: redis {redact(opts.redis)}: {exc}{changed}", file=sys.stderr)
+        return 1
+
+
+def _run(cmd: str, opts, copts, keys: list[str], notes: list[str], store: TrapStore, out) -> int:
     now = int(time.time())
     if cmd == "list":
         rows = _redis_rows(opts, now, copts.all) if opts.redis else store.rows(include_expired=copts.all)

@@ -96,6 +96,32 @@ def test_usage_errors(tmp_path, argv, message):
     assert r.returncode == 2 and message in r.stderr.decode() and r.stderr.decode().count("\n") == 1, r.stderr
 
 
+@pytest.mark.parametrize("argv", [["list"], ["add", "192.0.2.7"], ["del", "192.0.2.7"]])
+def test_redis_unreachable_is_one_line_and_status_1(tmp_path, capsys, argv):
+    from rediskit import free_port
+
+    db = str(tmp_path / "traps.db")
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"  # nobody listens there
+    rc, lines = run("-db", db, "-redis", url, *argv)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"py-spamtraps: redis redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}: ")
+    assert "s3cret-pw" not in err
+    if argv[0] == "add":  # the local file was changed: say so
+        assert "Connection refused" in err and "(the SQLite file was changed, Redis was not)" in err
+        assert [ln.split("\t")[0] for ln in run("-db", db, "list")[1]] == ["192.0.2.7"]
+
+
+def test_redis_without_redis_py_is_one_line(tmp_path):
+    hide = tmp_path / "hide" / "redis"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'redis'\")\n")
+    r = subprocess.run([sys.executable, "-m", "smtpd_filters.spamtraps_admin", "-db", str(tmp_path / "t.db"),
+                        "-redis", "redis://127.0.0.1:6379/0", "list"],
+                       capture_output=True, env={**filterkit.env(), "PYTHONPATH": str(hide.parent)}, timeout=20)
+    assert (r.returncode, r.stderr.decode()) == (1, "py-spamtraps: -redis needs redis-py: pip install 'smtpd-filters[spamtraps]'\n")
+
+
 def test_with_redis_every_host_learns_of_add_and_del(tmp_path):
     redis_or_skip()
     with RedisProcess() as srv:
