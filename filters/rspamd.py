@@ -81,7 +81,6 @@ AUTH_RANK = {"arc-seal": 0, "arc-message-signature": 1, "arc-authentication-resu
 #: headers a client must not bring in: they would forge our verdict
 SPOOFABLE = re.compile(r"^x-(spam|spam-.*|spamd-.*|rspamd-.*)$", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII, no colon, no space
-_SYMBOL = re.compile(r"^[!-~]+$")
 TESTS_WIDTH = 68  # filter-rspamd folds tests=[...] at this many characters
 UNKNOWN_STATUS = "Unknown (not scanned: rspamd unavailable)"
 
@@ -163,7 +162,8 @@ def parse_reply(data: bytes | str) -> Reply:
     symbols = obj.get("symbols")
     if isinstance(symbols, dict):
         for name, sym in symbols.items():
-            if _SYMBOL.match(name):
+            # printable ASCII without spaces: it goes into a header line
+            if name.isascii() and name.isprintable() and " " not in name and name:
                 reply.symbols[name] = _number(sym.get("score")) if isinstance(sym, dict) else 0.0
     dkim = obj.get("dkim-signature")
     for value in dkim if isinstance(dkim, list) else [dkim]:
@@ -460,9 +460,10 @@ def rspamd_url(value: str) -> str:
         if not value:
             raise ValueError("empty")
         return value
-    m = re.match(r"^https?://[^/\s]+(/\S*)?$", value)
-    if not m:
-        raise ValueError("not an http:// or https:// URL")
+    try:
+        HTTPClient(value, timeout=1)
+    except ValueError:
+        raise ValueError("not an http://HOST[:PORT] URL (https is not supported: rspamd is local)") from None
     return value
 
 
@@ -494,6 +495,10 @@ class Scanner:
         return parse_reply(reply.body)
 
 
+def _qid(session: Any) -> str:
+    return f"qid={session.tx.msgid} " if session.tx is not None else ""
+
+
 def build(opts: Options, client: HTTPClient | None = None) -> Filter:
     """The filter for parsed flags (``client`` for tests)."""
     # -maxSize is the SDK's cap: a larger message is never buffered, it
@@ -518,8 +523,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
 
     @f.on_message
     async def scan(session, msg):
-        tx = session.tx
-        qid = f"qid={tx.msgid} " if tx is not None else ""
+        qid = _qid(session)
         if opts.skipAuth and session.authenticated:
             f.log(f"{qid}user={session.auth_user}: authenticated, not scanned", session.id)
             return None
@@ -540,8 +544,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
 
     @f.on_oversize
     def oversize(session, size):
-        tx = session.tx
-        qid = f"qid={tx.msgid} " if tx is not None else ""
+        qid = _qid(session)
         f.log(f"{qid}larger than -maxSize {opts.maxSize} (over {size} bytes): passed unscanned", session.id)
 
     def failed(session, msg, qid: str, why: str):
