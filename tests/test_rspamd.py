@@ -499,3 +499,16 @@ def test_where_the_go_filter_loses_milter_headers_we_keep_them(srv):
     assert any(l.startswith(b"X-Spamd-Result") for l in ours.output_lines)
     assert [l for l in go.output_lines if l.startswith(b"X-Del")] == []
     assert [l for l in ours.output_lines if l.startswith(b"X-Del")] == [b"X-Del: two"]
+
+
+def test_a_client_gone_mid_message_leaves_nothing_behind(srv):
+    srv.answer(json=answer("reject"))
+    before = len(srv.requests)
+    with make(srv) as h:
+        s = h.session()
+        m = s.send_message(body=b"line\n" * 50, abort_after=20)
+        assert m.commit is None and s.closed
+        engine = h.transport.engine
+        assert s.state is None and not engine._streams and not engine.busy  # freed at disconnect
+        assert h.session().send_message().commit.decision == "reject"  # the next one is scanned
+    assert len(srv.requests) == before + 1  # nothing was sent for the half message
