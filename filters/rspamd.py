@@ -47,7 +47,7 @@ action).  The client's own ``X-Spam``, ``X-Spam-*``, ``X-Spamd-*`` and
 ours are added.  The request carries every envelope header rspamd knows: IP,
 Hostname, Helo, From (``<>`` for the null sender), Rcpt per accepted
 recipient, Deliver-To (one recipient), Queue-Id, User (after AUTH), MTA-Name,
-MTA-Tag, TLS-Version/TLS-Cipher, Settings-ID, ``Pass: all``.
+MTA-Tag, TLS-Version/TLS-Cipher, Settings-ID, ``Pass: All``.
 
 rspamd need not be up when smtpd starts: nothing is contacted before the
 first message, and a failure is answered per -failMode, never by exiting.
@@ -299,7 +299,7 @@ def request_headers(session: Any, opts: Options, admd: str | None = None) -> lis
     """The envelope as rspamd's /checkv2 request headers."""
     src = session.src
     ip = "127.0.0.1" if src is None or src.is_local or not src.is_ip else src.host
-    h: list[tuple[str, str]] = [("Pass", "all"), ("IP", ip)]
+    h: list[tuple[str, str]] = [("Pass", "All"), ("IP", ip)]  # as filter-rspamd spells it
     if session.has_rdns:
         h.append(("Hostname", session.rdns))
     if session.helo:
@@ -403,7 +403,6 @@ def spam_headers(reply: Reply) -> list[Header]:
 class Verdict:
     decision: Any  # a Reject, or None to proceed
     what: str  # for the log line
-    changed: bool = True  # the message is rewritten
 
 
 def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
@@ -416,10 +415,10 @@ def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
         action = f"no action ({action})"
     if action == "reject" or (action in ("discard", "quarantine") and opts.discard == "reject"):
         text = reply_text(reply.smtp_message, "Spam message rejected")
-        return Verdict(reject(550, text, enhanced="5.7.1"), f"{reply.action}: 550 5.7.1 {text}", False)
+        return Verdict(reject(550, text, enhanced="5.7.1"), f"{reply.action}: 550 5.7.1 {text}")
     if action == "soft reject":
         text = reply_text(reply.smtp_message, "Try again later")
-        return Verdict(reject(451, text, enhanced="4.7.1"), f"soft reject: 451 4.7.1 {text}", False)
+        return Verdict(reject(451, text, enhanced="4.7.1"), f"soft reject: 451 4.7.1 {text}")
 
     fields = remove_indexed(msg.headers.fields, reply.remove)
     fields, spoofed = strip_spoofed(fields)
@@ -449,7 +448,7 @@ def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
 # Flags and the filter
 
 
-def positive_size(value: int) -> int:
+def size_limit(value: int) -> int:
     if value < 0:
         raise ValueError("must be >= 0")
     return value
@@ -473,7 +472,7 @@ def flags() -> GoFlags:
     g.string("settings-id", "", "rspamd settings id sent with every message", metavar="ID")
     g.choice("failMode", "closed", ("open", "closed"), "rspamd unavailable: pass (open) or 451 (closed)", metavar="MODE")
     g.float("timeout", 15.0, "seconds a request to rspamd may take", validate=lookup_timeout)
-    g.int("maxSize", 10 << 20, "messages larger than this many bytes pass unscanned (0: no limit)", metavar="BYTES", validate=positive_size)
+    g.int("maxSize", 10 << 20, "messages larger than this many bytes pass unscanned (0: no limit)", metavar="BYTES", validate=size_limit)
     g.string("mtaTag", "", "MTA-Tag sent to rspamd", metavar="TAG")
     g.bool("skipAuth", False, "authenticated senders pass unscanned")
     g.choice("discard", "junk", ("junk", "reject"), "rspamd discard/quarantine: spam headers (junk) or 550", metavar="MODE")

@@ -253,7 +253,7 @@ def test_request_carries_the_whole_envelope(srv):
     assert seen.get("User") == "alice" and seen.get("Queue-Id") == m.msgid
     assert seen.get("Settings-ID") == "inbound" and seen.get("MTA-Tag") == "edge"
     assert seen.get("TLS-Version") == "TLSv1.3" and seen.get("TLS-Cipher") == "TLS_AES_256_GCM_SHA384"
-    assert seen.get("MTA-Name") and seen.get("Pass") == "all"
+    assert seen.get("MTA-Name") and seen.get("Pass") == "All"
     assert seen.body.endswith(b"\r\n") and b"\r\nSubject: s\r\n" in seen.body
 
 
