@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 __all__ = ["HTTPClient", "HTTPError", "HTTPReply", "is_unix_url", "parse_head"]
 
 MAX_HEAD = 64 * 1024
+ADDRESS_TTL = 60.0
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -146,6 +148,7 @@ class HTTPClient:
         self._idle: list[_Conn] = []
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._addrs: tuple[float, list[str]] | None = None
 
     def __repr__(self) -> str:
         return f"HTTPClient({self.url!r}, timeout={self.timeout:g})"
@@ -160,18 +163,39 @@ class HTTPClient:
             self._loop = loop
         return self._slots
 
+    async def _addresses(self) -> list[str]:
+        """The host's addresses, looked up once a minute: asyncio resolves a
+        name (``localhost``, the default URL's) in a worker thread on every
+        connect, and the service gets a new connection per request."""
+        now = time.monotonic()
+        if self._addrs is None or now - self._addrs[0] > ADDRESS_TTL:
+            infos = await asyncio.get_running_loop().getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            self._addrs = (now, list(dict.fromkeys(info[4][0] for info in infos)))
+        return self._addrs[1]
+
     async def _connect(self) -> _Conn:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self.unix_path:
                     reader, writer = await asyncio.open_unix_connection(self.unix_path, limit=MAX_HEAD)
                 else:
-                    reader, writer = await asyncio.open_connection(self.host, self.port, limit=MAX_HEAD)
+                    reader, writer = await self._open_tcp()
         except TimeoutError:
             raise HTTPError("connect", f"no connection within {self.connect_timeout:g}s") from None
         except (OSError, ValueError) as exc:
             raise HTTPError("connect", _describe(exc)) from None
         return _Conn(reader, writer)
+
+    async def _open_tcp(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        addrs = await self._addresses()
+        error: OSError | None = None
+        for addr in addrs:
+            try:
+                return await asyncio.open_connection(addr, self.port, limit=MAX_HEAD)
+            except OSError as exc:
+                error = exc
+        self._addrs = None  # look the name up again next time
+        raise error or OSError(f"{self.host} has no address")
 
     def _take_idle(self) -> _Conn | None:
         now = time.monotonic()

@@ -241,3 +241,11 @@ def test_parse_head_on_garbage_is_a_value_error_or_a_status(data):
     except ValueError:
         return
     assert 0 <= status <= 999 and version in ("HTTP/1.0", "HTTP/1.1")
+
+
+def test_a_host_name_is_resolved_cached_and_every_address_tried():
+    with HTTPTestServer() as srv:
+        client = HTTPClient(f"http://localhost:{srv.port}", timeout=3)  # ::1 may come first: nothing listens there
+        replies = run(posts(client, 3))
+        assert [r.status for r in replies] == [200] * 3
+        assert client._addrs is not None and "127.0.0.1" in client._addrs[1]
