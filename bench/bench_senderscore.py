@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -42,26 +41,10 @@ GO_WAIT = 12.0
 
 
 def throughput(n: int, repeats: int) -> dict:
-    argv = [
-        fd.PY, os.path.join(fd.HERE, "run.py"), "--isolate", "no", "--window", "32", "-n", str(n),
-        "--repeats", str(repeats), "--env", f"PYTHONPATH={fd.REPO}", "--json",
-        "--name", "py-filter-senderscore", f"{OURS} {FLAGS}", "--against", f"{ANCHOR} {FLAGS}",
-        "--against-name", "filter-senderscore",
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-    comp: dict = {}
-    for line in out.stdout.splitlines():
-        if line.startswith("{"):
-            obj = json.loads(line)
-            if "comparison_summary" in obj:
-                comp = obj["comparison_summary"]
-            elif "skipped" in obj:
-                comp = obj
-        else:
-            print("   " + line, flush=True)
-    if out.returncode != 0 and not comp:
-        print(out.stderr[-2000:], file=sys.stderr)
-    return comp
+    return fd.compare(
+        ["--isolate", "no", "--window", "32", "-n", str(n), "--repeats", str(repeats)],
+        f"{OURS} {FLAGS}", f"{ANCHOR} {FLAGS}", ("py-filter-senderscore", "filter-senderscore"),
+    )
 
 
 def hol(cmd: str, wait: float) -> dict:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -142,6 +143,30 @@ class SyntheticDNS:
 
 # --------------------------------------------------------------------------
 # The filter process
+
+
+def compare(run_args: list[str], ours: str, anchor: str, names: tuple[str, str]) -> dict:
+    """``run.py RUN_ARGS OURS --against ANCHOR`` (alternating runs, medians):
+    its console lines echoed indented, its comparison summary returned (or
+    its "skipped" record, or {} if it failed)."""
+    argv = [
+        PY, os.path.join(HERE, "run.py"), *run_args, "--env", f"PYTHONPATH={REPO}", "--json",
+        "--name", names[0], ours, "--against", anchor, "--against-name", names[1],
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    comp: dict = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            obj = json.loads(line)
+            if "comparison_summary" in obj:
+                comp = obj["comparison_summary"]
+            elif "skipped" in obj:
+                comp = obj
+        else:
+            print("   " + line, flush=True)
+    if out.returncode != 0 and not comp:
+        print(out.stderr[-2000:], file=sys.stderr)
+    return comp
 
 
 def filter_env(extra: dict[str, str] | None = None) -> dict[str, str]:

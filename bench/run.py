@@ -421,6 +421,8 @@ def run_once(a, name: str, cmd: str, sessions: int | None = None,
     except Exception as e:
         fp.finish(2)
         return {"name": name, "cmd": cmd, "error": str(e)}
+    if a.warmup:  # a filter that loads state in the background after registering
+        time.sleep(a.warmup)
     st = get_stream(a, regs, sessions)
     tot = st.total()
     n = st.spec.sessions
@@ -1103,6 +1105,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--idle-timeout", type=float, default=30.0,
                    help="give up after this long without progress")
     g.add_argument("--handshake-timeout", type=float, default=30.0)
+    g.add_argument("--warmup", type=float, default=0.0, metavar="SECONDS",
+                   help="wait after the handshake before the stream (background start-up work)")
     g.add_argument("--exit-timeout", type=float, default=10.0,
                    help="after EOF, wait this long for the filter to exit, then kill it")
     g.add_argument("--sample-interval", type=float, default=0.25,

@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""reject-helo: refuse HELO/EHLO names that match a pattern.
+"""reject-helo: refuse HELO/EHLO names no real mail server announces.
 
-    filter "reject-helo" proc-exec "/usr/bin/python3 /path/to/reject_helo.py --pattern '^(localhost|\\[.*\\])$'"
+    filter "reject-helo" proc-exec "/usr/bin/python3 /path/to/reject_helo.py --our-name mx.example.org"
 
-By default it refuses ``localhost`` and bare address literals (``[1.2.3.4]``),
-which no real mail server announces itself as.  The client may try again
-with a better name; the session is not dropped.
+Refused (550 5.7.1; the client may say HELO again, the session stays):
+
+  * ``localhost`` and ``localhost.localdomain``;
+  * bare address literals, ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]``
+    (``--allow-literals`` lets them through);
+  * our own name: the host name smtpd greets with (taken from the
+    ``link-greeting`` report, so nothing to configure) and every
+    ``--our-name``; a client that says it is us is lying;
+  * whatever ``--pattern`` (a case-insensitive regex) matches.
 """
 
 import argparse
@@ -13,28 +19,53 @@ import re
 
 from smtpd_filter_sdk import Filter, reject
 
-DEFAULT_PATTERN = r"^(localhost(\.localdomain)?|\[[0-9a-fA-F:.]+\]|\[IPv6:[0-9a-fA-F:.]+\])$"
+LOCALHOST = re.compile(r"^localhost(\.localdomain)?\.?$", re.IGNORECASE)
+LITERAL = re.compile(r"^\[(IPv6:)?[0-9a-fA-F:.]+\]$", re.IGNORECASE)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pattern", default=DEFAULT_PATTERN, help="regex (case-insensitive)")
-    args = parser.parse_args()
-    try:
-        pattern = re.compile(args.pattern, re.IGNORECASE)
-    except re.error as exc:
-        parser.error(f"bad --pattern: {exc}")
+def why_refused(identity, our_names, allow_literals=False, pattern=None):
+    """The reason to refuse this HELO name, or None.  Pure, so it is easy to test."""
+    name = identity.strip().lower().rstrip(".")
+    if LOCALHOST.match(identity.strip()):
+        return "localhost"
+    if LITERAL.match(identity.strip()) and not allow_literals:
+        return "an address literal"
+    if name and name in our_names:
+        return "our own name"
+    if pattern is not None and pattern.search(identity):
+        return "matches --pattern"
+    return None
 
-    f = Filter("reject-helo")
+
+def build(our_names=(), allow_literals=False, pattern=None) -> Filter:
+    # reads session.greeting only: smtpd need send no other reports
+    f = Filter("reject-helo", session_events={"link-greeting"})
+    configured = {n.lower().rstrip(".") for n in our_names}
 
     @f.on("helo", "ehlo")
     def helo(session, identity):
-        if pattern.search(identity):
-            f.log(f"rejecting HELO {identity!r}", session.id)
-            return reject(550, f"HELO {identity[:64]} not accepted here", enhanced="5.7.1")
-        return None
+        # session.greeting is the name smtpd greeted this client with
+        ours = configured | ({session.greeting.lower().rstrip(".")} if session.greeting else set())
+        reason = why_refused(identity, ours, allow_literals, pattern)
+        if reason is None:
+            return None  # proceed
+        f.log(f"rejecting HELO {identity!r}: {reason}", session.id)
+        return reject(550, f"HELO {identity[:64]} not accepted here", enhanced="5.7.1")
 
-    f.run()
+    return f
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--our-name", action="append", default=[], metavar="NAME", help="a name of ours (repeatable)")
+    parser.add_argument("--allow-literals", action="store_true", help="let [address] literals through")
+    parser.add_argument("--pattern", help="also refuse names matching this regex (case-insensitive)")
+    args = parser.parse_args(argv)
+    try:
+        pattern = re.compile(args.pattern, re.IGNORECASE) if args.pattern else None
+    except re.error as exc:
+        parser.error(f"bad --pattern: {exc}")
+    build(args.our_name, args.allow_literals, pattern).run()
 
 
 if __name__ == "__main__":

@@ -369,7 +369,10 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
             keep = headers.fields[: first_received + 1]
             client = [h for h in headers.fields[first_received + 1 :] if h.name.lower() != HEADER.lower()]
             headers.fields = keep + client
-            score = session.data.get(KEY)
+            # The connect answer normally came first (smtpd waits for it);
+            # a stream sent ahead of the answers (a transcript) may bring the
+            # message before: then a score known without a lookup counts.
+            score = session.data.get(KEY) or ss.immediate(session)
             if score is not None and score.value is not None:
                 headers.add(HEADER, str(score.value))
 

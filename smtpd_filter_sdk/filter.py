@@ -22,7 +22,7 @@ import asyncio
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
 
 from . import protocol
 from .log import Logger
@@ -30,6 +30,11 @@ from .responses import FAILURE_POLICIES
 from .session import TRACKED_EVENTS
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Registered whatever ``session_events`` says: they free per-session state
+#: (a message's stream and verdict end at tx-reset, the session at
+#: link-disconnect).
+ALWAYS_TRACKED = frozenset({"link-disconnect", "tx-reset"})
 
 #: Phases a handler can be attached to with ``@f.on`` (data lines and whole
 #: messages have their own decorators).
@@ -89,6 +94,12 @@ class Filter:
     every filter output line after 2,047 bytes.  ``"warn"`` logs such
     messages, ``"reject"`` refuses them at commit.
 
+    ``session_events``: the report events whose state (``session.src``,
+    ``.authenticated``, ``.tx``, ...) the filter reads; None (the default)
+    tracks them all.  smtpd then sends only those (plus ``link-disconnect``
+    and ``tx-reset``, which free state): on small messages the 15 report
+    lines a session would bring cost as much as its data lines.
+
     ``max_message_size``: the most bytes (dot-stuffed lines + CRLF, as on
     the SMTP wire) the SDK buffers of one message for ``on_message``,
     ``on_message_stream`` or ``on_headers`` (None: no limit).  A message
@@ -106,6 +117,7 @@ class Filter:
         deadline: float = 5.0,
         legacy_long_lines: str = "warn",
         max_message_size: int | None = None,
+        session_events: Iterable[str] | None = None,
     ) -> None:
         if on_error not in FAILURE_POLICIES:
             raise ValueError(f"on_error must be one of {FAILURE_POLICIES}, not {on_error!r}")
@@ -118,6 +130,7 @@ class Filter:
         self.deadline = float(deadline)
         self.legacy_long_lines = legacy_long_lines
         self.max_message_size = max_message_size
+        self.session_events = session_events
         self.log = Logger(name)
         self.phase_handlers: dict[str, list[Handler]] = {}
         self.report_handlers: dict[tuple[str, str], list[Handler]] = {}
@@ -129,6 +142,7 @@ class Filter:
         self.reload_handlers: list[Callable[[], Any]] = []
         self.config_handlers: list[Callable[[protocol.Config], Any]] = []
         self.shutdown_handlers: list[Callable[[], Any]] = []
+        self.start_handlers: list[Callable[[], Awaitable[Any]]] = []
 
     # -- decorators --------------------------------------------------------
 
@@ -264,6 +278,16 @@ class Filter:
         self.shutdown_handlers.append(fn)
         return fn
 
+    def on_start(self, fn: F) -> F:
+        """An ``async def`` run once as a background task when the filter
+        has registered with smtpd; cancelled when smtpd goes away (EOF).  For
+        long-lived work no session waits for (a Redis subscription, a
+        reconnect loop).  An exception ends it and is logged."""
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError("on_start handlers must be async functions")
+        self.start_handlers.append(fn)
+        return fn
+
     def _only_one(self, attr: str) -> None:
         if getattr(self, attr) is not None:
             raise ValueError(f"{attr.replace('_', ' ')} already set")
@@ -277,7 +301,14 @@ class Filter:
         )
 
     def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
-        reports = {("smtp-in", event) for event in TRACKED_EVENTS}
+        if self.session_events is None:
+            tracked = TRACKED_EVENTS
+        else:
+            unknown = set(self.session_events) - TRACKED_EVENTS
+            if unknown:
+                raise ValueError(f"not a session-state event: {sorted(unknown)}; one of {sorted(TRACKED_EVENTS)}")
+            tracked = ALWAYS_TRACKED.union(self.session_events)
+        reports = {("smtp-in", event) for event in tracked}
         reports.update(self.report_handlers)
         if any(sub == "smtp-out" for sub, _ in reports):
             # smtp-out reports create sessions too: free them at link-disconnect

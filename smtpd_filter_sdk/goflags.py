@@ -240,3 +240,27 @@ def non_negative(value: float) -> float:
     if value < 0:
         raise ValueError("must not be negative")
     return value
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(value: str) -> float:
+    """A Go-style duration (``24h``, ``1h30m``, ``90s``, ``500ms``; ``d`` for
+    days too; a bare number is seconds) as seconds.  Use as a string flag's
+    ``validate``: the option then holds the float, the usage shows the text."""
+    import re
+
+    text = value.strip()
+    if not text:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError("not a duration like 24h, 90m, 1h30m or 45s") from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError("must be a finite duration, not negative")
+    return seconds

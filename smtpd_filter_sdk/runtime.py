@@ -51,7 +51,8 @@ _RUN_MIN = 16
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 #: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
-#: session or None for pass-through, stream).
+#: session (line handler, or held for on_message_stream) or None for
+#: pass-through, stream).
 _FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
 
 
@@ -154,6 +155,7 @@ class Engine:
         self._fast: dict[bytes, _FastEntry] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()  # on_start tasks, alive until EOF
         # Requests whose answer an async task owes: the task -> (request,
         # session).  Popped when the task answers; a task that ends without
         # answering (cancelled before it ran, an internal error) gets the
@@ -286,6 +288,11 @@ class Engine:
                             self._line_result(stream, payload, result)
                             ids = b"\n"
                         continue
+                    # A held stream (on_message_stream): keep the raw line.
+                    assert stream is not None
+                    if not self._hold(stream, rest[len(ids) :]):
+                        ids = b"\n"  # no longer held: look the stream up again
+                    continue
             ids = b"\n"
             handle(line)
         return len(lines), None, b""
@@ -464,6 +471,23 @@ class Engine:
             self.log("smtp-out reports not announced by smtpd: not registered")
         self.out.extend(p.registration_lines(self._reports, self._phases, self.config))
         self.registered = True
+        for start in self.filter.start_handlers:
+            self._start_background(start)
+
+    def _start_background(self, fn: Callable[[], Any]) -> None:
+        if self.loop is None:
+            self.log(f"no event loop: background task {fn.__name__} not started")
+            return
+
+        async def guarded() -> None:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.log(f"background task {fn.__name__} failed: {exc!r}")
+
+        self._background.add(self.loop.create_task(guarded()))
 
     # -- reports -----------------------------------------------------------
 
@@ -684,14 +708,12 @@ class Engine:
             stream.held.append(payload)
         elif len(payload) > stream.room:
             self._too_long(stream, len(payload))  # never buffered, never handed over
+        elif mode == _WATCH:
+            self._hold(stream, payload)
         else:
             stream.size += len(payload) + 2
             if stream.size > self._max_size:
                 self._oversize(stream, payload)
-            elif mode == _WATCH:
-                stream.kept.append(payload)
-                if len(stream.kept) - stream.fed >= _WATCH_BATCH:
-                    self._feed_watcher(stream)
             elif mode == _HEADERS:
                 self._header_line(stream, payload)
             else:
@@ -727,13 +749,13 @@ class Engine:
     def _set_mode(self, stream: _Stream, mode: int) -> None:
         stream.mode = mode
         key = stream.sid + b"|"
-        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES):
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES, _WATCH):
             ids = key + stream.token_bar
             self._fast[key] = (
                 ids,
                 ids + b".",
                 stream.rest_room + len(key),
-                stream.session if mode == _LINES else None,
+                None if mode == _PASS else stream.session,
                 stream,
             )
         else:
@@ -955,6 +977,21 @@ class Engine:
             return
         stream.kept = pending
         stream.fed = 1 if pending[0] == b"" else 0  # the empty line is no body
+
+    def _hold(self, stream: _Stream, payload: bytes) -> bool:
+        """A body line of a watched message (raw, stuffed): kept for output,
+        shown to the watcher a batch at a time.  False once the message is no
+        longer held (past the cap, or the watcher failed)."""
+        stream.size += len(payload) + 2
+        if stream.size > self._max_size:
+            self._oversize(stream, payload)
+            return False
+        kept = stream.kept
+        kept.append(payload)
+        if len(kept) - stream.fed >= _WATCH_BATCH:
+            self._feed_watcher(stream)
+            return stream.mode == _WATCH
+        return True
 
     def _feed_watcher(self, stream: _Stream) -> None:
         """Hand the watcher the body lines it has not seen, as one chunk:

@@ -24,6 +24,11 @@ def test_demo_runs_and_passes_the_examples():
     assert "filter: reject|550 5.7.1 HELO localhost not accepted here" in out
     assert "+ header added:   X-Filtered-By: add-header" in out
     assert "- header removed: X-Filtered-By: forged" in out
+    # the newer examples, with their DEMO args (dnsbl: a loopback DNS server)
+    assert "S: 554 5.7.1 Service unavailable; client [203.0.113.9] listed in bl.demo.test" in out
+    assert "filter: reject|452 4.7.1 too many recipients from your address, try again later" in out
+    assert "+ header added:   Subject: [SPAM] test" in out
+    assert '"subsystem": "smtp-in", "event": "link-connect"' in out
     # every example gets a verdict on every released dialect
     for example in sorted((ROOT / "examples").glob("*.py")):
         assert f"examples/{example.name}" in out

@@ -202,6 +202,20 @@ def test_stream_handler_registers_data_lines_and_a_plain_filter_does_not():
     assert b"register|filter|smtp-in|data-line" not in Driven(g).registration
 
 
+def test_session_events_register_only_what_the_filter_reads():
+    f = Filter("t", session_events=["link-auth"])
+    f.on_message_stream(lambda s, h: None)
+    reports = {line.split(b"|")[3] for line in Driven(f).registration if line.startswith(b"register|report|")}
+    assert reports == {b"link-auth", b"link-disconnect", b"tx-reset"}
+    d = Driven(f)
+    d.send(d.wire.link_auth(TS, SID, "bob", "pass"))
+    assert d.engine.sessions.peek(SID).authenticated  # what it asked for is tracked
+    everything = {line.split(b"|")[3] for line in Driven(Filter("t")).registration if line.startswith(b"register|report|")}
+    assert b"filter-response" in everything and len(everything) == 15
+    with pytest.raises(ValueError):
+        Filter("t", session_events=["protocol-client"]).registrations()
+
+
 # -- max_message_size / on_oversize -------------------------------------------------
 
 
@@ -271,3 +285,7 @@ def test_property_watched_message(header_lines, body):
     assert all(is_fatal_output(line) is None for line in out)
     assert payloads(out)[0].startswith(b"X-Seen: ") and payloads(out)[1:] == wire_in + [b"."]
     assert seen == [b"".join(x + b"\r\n" for x in body)]
+    # the same message in one read (the hot loop's path for consecutive lines)
+    d.send(d.wire.report(TS, "tx-reset", SID, "0a0b0c0d"))
+    whole = d.feed(b"".join(line + b"\n" for line in data_lines(d, wire_in + [b"."])))
+    assert payloads(whole)[1:] == wire_in + [b"."] and seen[1] == seen[0]

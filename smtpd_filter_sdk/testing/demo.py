@@ -9,13 +9,20 @@ a naive hand-written filter shows what the checker catches.
 
 A production filter module in ``smtpd_filters`` takes part by defining
 ``DEMO = {"args": [...], "env": {...}}`` (it is then run as
-``python -m smtpd_filters.NAME ARGS``).  Extra filter command lines can be
+``python -m smtpd_filters.NAME ARGS``); ``"files": {name: text}`` are written
+to a fresh directory first, and ``{tmp}`` in ARGS is that directory.  An
+example may define ``DEMO`` too (read from its source, not imported), with
+``"zone"``: DNS data (the ``Zone.from_dict`` format) that a loopback DNS
+server answers during its demo, at the address ``{dns}`` in its args stands
+for.  Extra filter command lines can be
 given as arguments: ``python -m smtpd_filter_sdk.testing.demo "python3 my.py"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import importlib
 import pkgutil
 import shlex
@@ -42,6 +49,7 @@ class DemoFilter:
     command: str
     description: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    zone: dict | None = None  # DNS data for a loopback server; "{dns}" in the command is its address
 
 
 def _first_doc_line(path: Path) -> str:
@@ -56,6 +64,22 @@ def _first_doc_line(path: Path) -> str:
     return ""
 
 
+def _example_demo(path: Path) -> dict:
+    """An example's ``DEMO = {...}``, read without running the script."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["DEMO"]:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return {}
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
 def discover(extra: Sequence[str] = ()) -> list[DemoFilter]:
     """examples/*.py next to the package, production filters with a DEMO,
     and any extra command lines."""
@@ -66,8 +90,9 @@ def discover(extra: Sequence[str] = ()) -> list[DemoFilter]:
         for path in sorted(examples.glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            command = shlex.join([sys.executable, str(path)])
-            out.append(DemoFilter(f"examples/{path.name}", command, _first_doc_line(path), env))
+            demo = _example_demo(path)
+            command = shlex.join([sys.executable, str(path), *demo.get("args", [])])
+            out.append(DemoFilter(f"examples/{path.name}", command, _first_doc_line(path), env, demo.get("zone")))
     try:
         package = importlib.import_module("smtpd_filters")
     except ImportError:
@@ -81,7 +106,13 @@ def discover(extra: Sequence[str] = ()) -> list[DemoFilter]:
             demo = getattr(module, "DEMO", None)
             if not isinstance(demo, dict):
                 continue
-            command = shlex.join([sys.executable, "-m", f"smtpd_filters.{info.name}", *demo.get("args", [])])
+            args = list(demo.get("args", []))
+            if demo.get("files"):
+                tmp = Path(tempfile.mkdtemp(prefix=f"demo-{info.name}-"))
+                for fname, text in demo["files"].items():
+                    (tmp / fname).write_text(text)
+                args = [a.replace("{tmp}", str(tmp)) for a in args]
+            command = shlex.join([sys.executable, "-m", f"smtpd_filters.{info.name}", *args])
             out.append(DemoFilter(f"smtpd_filters.{info.name}", command, _first_doc_line(Path(module.__file__ or "")), {**env, **demo.get("env", {})}))
     for command in extra:
         out.append(DemoFilter(default_name(command), command, "", env))
@@ -154,11 +185,28 @@ def demo_sessions(h: SubprocessHarness) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def _dns_for(f: DemoFilter):
+    """The filter's command, with a loopback DNS server for its zone if it has one."""
+    if f.zone is None:
+        yield f.command
+        return
+    from .dnsserver import DNSServer, Zone
+
+    with DNSServer(Zone.from_dict(f.zone)) as srv:
+        yield f.command.replace("{dns}", f"127.0.0.1:{srv.port}")
+
+
 def run_demo(f: DemoFilter, *, hang_timeout: float = 5.0) -> bool:
+    with _dns_for(f) as command:
+        return _run_demo(f, command, hang_timeout)
+
+
+def _run_demo(f: DemoFilter, command: str, hang_timeout: float) -> bool:
     _print("=" * 78)
     _print(f"{f.title}" + (f" - {f.description}" if f.description else ""))
     _print("-" * 78)
-    with SubprocessHarness(f.command, "0.6", env_extra=f.env, hang_timeout=hang_timeout, fail_on=()) as h:
+    with SubprocessHarness(command, "0.6", env_extra=f.env, hang_timeout=hang_timeout, fail_on=()) as h:
         registered = ", ".join(sorted(h.phases)) or "no filter phase"
         _print(f"registers: {registered}")
         if h.dead is None:
@@ -172,7 +220,7 @@ def run_demo(f: DemoFilter, *, hang_timeout: float = 5.0) -> bool:
     for finding in h.findings:
         if finding.severity in (FATAL, HANG):
             _print("   " + finding.format().replace("\n", "\n   "))
-    result = check(f.command, RELEASED_DIALECTS, env_extra=f.env, hang_timeout=hang_timeout, out=None)
+    result = check(command, RELEASED_DIALECTS, env_extra=f.env, hang_timeout=hang_timeout, out=None)
     _print("verdict of smtpd-filter-check (built-in sessions, every released dialect):")
     for r in result.results:
         rules = sorted({x.rule for x in r.findings if x.severity in (FATAL, HANG)})
