@@ -233,6 +233,9 @@ class HTTPClient:
                                 conn, reused = None, False
                                 continue
                             raise HTTPError("io", str(exc)) from None
+                        except BaseException:  # timed out or cancelled mid-exchange: never reuse it
+                            conn.close()
+                            raise
                         break
                     if keep:
                         conn.idle_since = time.monotonic()

@@ -249,3 +249,22 @@ def test_a_host_name_is_resolved_cached_and_every_address_tried():
         replies = run(posts(client, 3))
         assert [r.status for r in replies] == [200] * 3
         assert client._addrs is not None and "127.0.0.1" in client._addrs[1]
+
+
+def test_a_request_cancelled_mid_exchange_closes_its_connection():
+    with HTTPTestServer() as srv:
+        srv.answer(delay=2)
+        client = HTTPClient(srv.url, timeout=5)
+
+        async def cancelled():
+            task = asyncio.ensure_future(client.post("/checkv2", b"x"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            srv.answer()
+            return await client.post("/checkv2", b"y")
+
+        assert run(cancelled()).status == 200
+        assert client._idle and srv.connections == 2  # the cancelled one was not put back
+        run(client.close())
