@@ -47,7 +47,7 @@ action).  The client's own ``X-Spam``, ``X-Spam-*``, ``X-Spamd-*`` and
 ours are added.  The request carries every envelope header rspamd knows: IP,
 Hostname, Helo, From (``<>`` for the null sender), Rcpt per accepted
 recipient, Deliver-To (one recipient), Queue-Id, User (after AUTH), MTA-Name,
-MTA-Tag, TLS-Version/TLS-Cipher, Settings-ID, ``Pass: all``.
+MTA-Tag, TLS-Version/TLS-Cipher, Settings-ID, ``Pass: All``.
 
 rspamd need not be up when smtpd starts: nothing is contacted before the
 first message, and a failure is answered per -failMode, never by exiting.
@@ -81,9 +81,11 @@ AUTH_RANK = {"arc-seal": 0, "arc-message-signature": 1, "arc-authentication-resu
 #: headers a client must not bring in: they would forge our verdict
 SPOOFABLE = re.compile(r"^x-(spam|spam-.*|spamd-.*|rspamd-.*)$", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII, no colon, no space
-_SYMBOL = re.compile(r"^[!-~]+$")
 TESTS_WIDTH = 68  # filter-rspamd folds tests=[...] at this many characters
 UNKNOWN_STATUS = "Unknown (not scanned: rspamd unavailable)"
+#: what request_headers reads (the Go filter's set, plus link-tls): smtpd
+#: sends nothing else, so a session costs no more report lines than there
+SESSION_EVENTS = ("link-connect", "link-greeting", "link-identify", "link-tls", "link-auth", "tx-begin", "tx-mail", "tx-rcpt")
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +165,8 @@ def parse_reply(data: bytes | str) -> Reply:
     symbols = obj.get("symbols")
     if isinstance(symbols, dict):
         for name, sym in symbols.items():
-            if _SYMBOL.match(name):
+            # printable ASCII without spaces: it goes into a header line
+            if name.isascii() and name.isprintable() and " " not in name and name:
                 reply.symbols[name] = _number(sym.get("score")) if isinstance(sym, dict) else 0.0
     dkim = obj.get("dkim-signature")
     for value in dkim if isinstance(dkim, list) else [dkim]:
@@ -299,7 +302,7 @@ def request_headers(session: Any, opts: Options, admd: str | None = None) -> lis
     """The envelope as rspamd's /checkv2 request headers."""
     src = session.src
     ip = "127.0.0.1" if src is None or src.is_local or not src.is_ip else src.host
-    h: list[tuple[str, str]] = [("Pass", "all"), ("IP", ip)]
+    h: list[tuple[str, str]] = [("Pass", "All"), ("IP", ip)]  # as filter-rspamd spells it
     if session.has_rdns:
         h.append(("Hostname", session.rdns))
     if session.helo:
@@ -403,7 +406,6 @@ def spam_headers(reply: Reply) -> list[Header]:
 class Verdict:
     decision: Any  # a Reject, or None to proceed
     what: str  # for the log line
-    changed: bool = True  # the message is rewritten
 
 
 def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
@@ -416,10 +418,10 @@ def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
         action = f"no action ({action})"
     if action == "reject" or (action in ("discard", "quarantine") and opts.discard == "reject"):
         text = reply_text(reply.smtp_message, "Spam message rejected")
-        return Verdict(reject(550, text, enhanced="5.7.1"), f"{reply.action}: 550 5.7.1 {text}", False)
+        return Verdict(reject(550, text, enhanced="5.7.1"), f"{reply.action}: 550 5.7.1 {text}")
     if action == "soft reject":
         text = reply_text(reply.smtp_message, "Try again later")
-        return Verdict(reject(451, text, enhanced="4.7.1"), f"soft reject: 451 4.7.1 {text}", False)
+        return Verdict(reject(451, text, enhanced="4.7.1"), f"soft reject: 451 4.7.1 {text}")
 
     fields = remove_indexed(msg.headers.fields, reply.remove)
     fields, spoofed = strip_spoofed(fields)
@@ -449,7 +451,7 @@ def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
 # Flags and the filter
 
 
-def positive_size(value: int) -> int:
+def size_limit(value: int) -> int:
     if value < 0:
         raise ValueError("must be >= 0")
     return value
@@ -460,9 +462,10 @@ def rspamd_url(value: str) -> str:
         if not value:
             raise ValueError("empty")
         return value
-    m = re.match(r"^https?://[^/\s]+(/\S*)?$", value)
-    if not m:
-        raise ValueError("not an http:// or https:// URL")
+    try:
+        HTTPClient(value, timeout=1)
+    except ValueError:
+        raise ValueError("not an http://HOST[:PORT] URL (https is not supported: rspamd is local)") from None
     return value
 
 
@@ -472,7 +475,7 @@ def flags() -> GoFlags:
     g.string("settings-id", "", "rspamd settings id sent with every message", metavar="ID")
     g.choice("failMode", "closed", ("open", "closed"), "rspamd unavailable: pass (open) or 451 (closed)", metavar="MODE")
     g.float("timeout", 15.0, "seconds a request to rspamd may take", validate=lookup_timeout)
-    g.int("maxSize", 10 << 20, "messages larger than this many bytes pass unscanned (0: no limit)", metavar="BYTES", validate=positive_size)
+    g.int("maxSize", 10 << 20, "messages larger than this many bytes pass unscanned (0: no limit)", metavar="BYTES", validate=size_limit)
     g.string("mtaTag", "", "MTA-Tag sent to rspamd", metavar="TAG")
     g.bool("skipAuth", False, "authenticated senders pass unscanned")
     g.choice("discard", "junk", ("junk", "reject"), "rspamd discard/quarantine: spam headers (junk) or 550", metavar="MODE")
@@ -494,6 +497,10 @@ class Scanner:
         return parse_reply(reply.body)
 
 
+def _qid(session: Any) -> str:
+    return f"qid={session.tx.msgid} " if session.tx is not None else ""
+
+
 def build(opts: Options, client: HTTPClient | None = None) -> Filter:
     """The filter for parsed flags (``client`` for tests)."""
     # -maxSize is the SDK's cap: a larger message is never buffered, it
@@ -503,6 +510,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         on_error="fail-open" if opts.failMode == "open" else "fail-closed",
         deadline=opts.timeout + 5.0,
         max_message_size=opts.maxSize or None,
+        session_events=SESSION_EVENTS,
     )
     scanner = Scanner(opts, lambda *a: f.log(*a), client)
     f.scanner = scanner  # type: ignore[attr-defined]  (for tests)
@@ -518,8 +526,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
 
     @f.on_message
     async def scan(session, msg):
-        tx = session.tx
-        qid = f"qid={tx.msgid} " if tx is not None else ""
+        qid = _qid(session)
         if opts.skipAuth and session.authenticated:
             f.log(f"{qid}user={session.auth_user}: authenticated, not scanned", session.id)
             return None
@@ -540,8 +547,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
 
     @f.on_oversize
     def oversize(session, size):
-        tx = session.tx
-        qid = f"qid={tx.msgid} " if tx is not None else ""
+        qid = _qid(session)
         f.log(f"{qid}larger than -maxSize {opts.maxSize} (over {size} bytes): passed unscanned", session.id)
 
     def failed(session, msg, qid: str, why: str):
