@@ -255,6 +255,20 @@ def fold(text: str, width: int = FOLD_AT) -> list[str]:
     return lines
 
 
+def append_b(lines: list[str], b: str, width: int = FOLD_AT) -> list[str]:
+    """``fold(text + b)`` from ``lines = fold(text)``, ``text`` ending in
+    ``b=``: every character of b= is a break point, so its value just fills
+    the last line up to ``width`` columns, then TAB-led lines (a last line
+    already past the width breaks after its ``=``)."""
+    last = lines[-1]
+    col = 8 + len(last) - 1 if len(lines) > 1 else len(last)
+    room = max(0, width - col)
+    out = lines[:-1] + [last + b[:room]]
+    step = width - 8
+    out += ["\t" + b[i : i + step] for i in range(room, len(b), step)]
+    return out
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who signs: domain (d=), selector (s=) and key."""
@@ -319,7 +333,7 @@ def sign(
     # the signature field itself, b= empty, without its final CRLF (§3.7)
     data += canon_header([line.encode() for line in unsigned], opts.header_canon)[:-2]
     b = base64.b64encode(identity.key.sign(data)).decode()
-    return [line.encode() for line in fold(text + b)]
+    return [line.encode() for line in append_b(unsigned, b)]
 
 
 # -- the signing domain ------------------------------------------------------------

@@ -162,6 +162,20 @@ def test_property_any_message_verifies(published, headers, body, canon, alg):
     assert verifies(run.message)
 
 
+tagvalue = st.text(alphabet="abcdefghij0123456789+/=.-:", max_size=90)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["s", "d", "h", "z", "t", "bh", "i"]), tagvalue), max_size=8), st.text(alphabet="AZaz09+/=", max_size=400))
+def test_property_the_signature_value_folds_like_the_whole_field(tags, b):
+    # sign() folds the field without b=, signs that, then adds b= to the
+    # folded lines: the same lines as folding the finished field at once
+    text = "DKIM-Signature: v=1; a=rsa-sha256; " + "".join(f"{t}={v}; " for t, v in tags) + "b="
+    lines = dkimcore.fold(text + b)
+    assert dkimcore.append_b(dkimcore.fold(text), b) == lines
+    assert "".join(x.lstrip("\t") for x in lines).replace(" ", "") == (text + b).replace(" ", "")
+
+
 # -- same bytes as filter-dkimsign ---------------------------------------------------------
 
 
