@@ -211,6 +211,7 @@ GOLDEN = {
     "rsa relaxed": ("-c", "relaxed/relaxed", "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org"),
     "ed25519 relaxed/simple": ("-a", "ed25519-sha256", "-c", "relaxed", "-s", "ed1", "-k", "KEYS/ed.key", "-d", "example.org"),
     "headers and z=": ("-h", "from:subject:to:x-other", "-z", "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org"),
+    "all headers z=": ("-zz", "-c", "relaxed/simple", "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org"),
     "parent domain": ("-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "other.example", "-d", "org", "-d", "example.org"),
     "fallback domain": ("-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "fallback.example", "-d", "other.example"),
 }
