@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 import filterkit  # noqa: F401  (filters/ as smtpd_filters)
 from e2e_bare import bare_smtpd_factory  # noqa: F401  (fixture)
-from e2e_harness import AUTH_PASSWORD, AUTH_USER, DOMAIN, default_zone, make_message, token
+from e2e_harness import AUTH_PASSWORD, AUTH_USER, DOMAIN, default_zone, make_message, skip_or_fail, token
 from smtpd_filters import dkimcore
 
 pytestmark = pytest.mark.e2e
@@ -109,6 +109,8 @@ def test_delivered_mail_carries_two_signatures_that_dkimpy_verifies(server, keys
 
 
 def test_opendkim_verifies_it_through_the_loopback_dns(server):
+    if not shutil.which(OPENDKIM_TESTMSG):
+        skip_or_fail(f"{OPENDKIM_TESTMSG} not installed (apt-get install opendkim-tools)")
     tok = token()
     send(server, make_message(tok, sender=FROM, body=BODY))
     m = server.maildir.wait_for(tok)
