@@ -417,3 +417,50 @@ def test_sighup_reloads_the_key_table_and_a_bad_one_keeps_the_old(published, tmp
     with pytest.raises(ValueError):
         f.reload_handlers[0]()
     assert b"s=rsa2" in Run(f, message()).signatures[0]
+
+
+# -- the process, as smtpd runs it ------------------------------------------------------------
+
+
+def test_the_process_survives_every_dialect_and_the_fuzzer(published):
+    from smtpd_filter_sdk.testing.checker import RELEASED_DIALECTS, check
+
+    cmd = filterkit.command("dkimsign", "-c", "relaxed/relaxed", "-K", f"example.org:rsa1:{published}/rsa.key",
+                            "-K", f"example.org:ed1:{published}/ed.key", "-d", "example.org")
+    result = check(cmd, RELEASED_DIALECTS, env_extra={"PYTHONPATH": str(filterkit.REPO)}, out=None, fuzz=5)
+    bad = [f.format() for f in result.findings if f.severity in ("FATAL", "HANG")]
+    assert not bad, bad
+
+
+def test_the_process_sighup_swaps_keys_and_a_bad_table_keeps_the_old(published, tmp_path):
+    import signal
+    import time
+
+    from smtpd_filter_sdk.testing.harness import SubprocessHarness
+
+    table = tmp_path / "keytable"
+    table.write_text(f"example.org:rsa1:{published}/rsa.key\n")
+
+    def selector(h) -> str:
+        msg = h.session().send_message("bob@example.org", ["alice@example.net"], headers={"From": "bob@example.org", "Subject": "s"})
+        sig = [line for line in msg.headers_added() if line.startswith("DKIM-Signature:")]
+        assert len(sig) == 1, msg.headers_added()
+        return sig[0].split(" s=")[1].split(";")[0]
+
+    def wait_log(h, text):
+        deadline = time.monotonic() + 5
+        while not any(text in line for line in h.stderr) and time.monotonic() < deadline:
+            h.transport.recv(0.05)
+        assert any(text in line for line in h.stderr), h.stderr
+
+    cmd = filterkit.command("dkimsign", "-keyTable", str(table))
+    with SubprocessHarness(cmd, env_extra={"PYTHONPATH": str(filterkit.REPO)}) as h:
+        assert selector(h) == "rsa1"
+        table.write_text(f"example.org:rsa2:{published}/missing.key\n")
+        os.kill(h.transport.proc.pid, signal.SIGHUP)
+        wait_log(h, "reload failed")
+        assert selector(h) == "rsa1"
+        table.write_text(f"example.org:rsa2:{published}/rsa2.key\n")
+        os.kill(h.transport.proc.pid, signal.SIGHUP)
+        wait_log(h, "reloaded")
+        assert selector(h) == "rsa2"
