@@ -36,7 +36,7 @@ _WSP_RUN = re.compile(rb"[ \t]+")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext
 
 
-class KeyError_(ValueError):
+class KeyFileError(ValueError):
     """A key file that cannot be used (the message names the file)."""
 
 
@@ -66,21 +66,21 @@ def load_key(path: str) -> Key:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise KeyError_(f"can't read key file {path}: {exc.strerror or exc}") from None
+        raise KeyFileError(f"can't read key file {path}: {exc.strerror or exc}") from None
     try:
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         seed = _raw_ed25519_seed(data)
         if seed is None:
-            raise KeyError_(f"key file {path} holds no usable private key ({exc})") from None
+            raise KeyFileError(f"key file {path} holds no usable private key ({exc})") from None
         private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
     if isinstance(private, rsa.RSAPrivateKey):
         if private.key_size < 1024:
-            raise KeyError_(f"key file {path}: RSA key of {private.key_size} bits (verifiers want >= 1024)")
+            raise KeyFileError(f"key file {path}: RSA key of {private.key_size} bits (verifiers want >= 1024)")
         return Key(path, "rsa", private)
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return Key(path, "ed25519", private)
-    raise KeyError_(f"key file {path}: {type(private).__name__} keys cannot sign DKIM (rsa or ed25519)")
+    raise KeyFileError(f"key file {path}: {type(private).__name__} keys cannot sign DKIM (rsa or ed25519)")
 
 
 def throwaway_key(kind: str) -> Key:

@@ -387,6 +387,8 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["-h", "subject:to", "-d", "example.org", "-s", "s", "-k", "KEYS/rsa.key"], "the From header must be included"),
         (["-d", "example.org", "-s", "s"], "no key"),
         (["-c", "loose", "-K", "example.org:s:KEYS/rsa.key"], 'invalid value "loose" for flag -c'),
+        (["-d", "example.org", "-s", "a; b=x", "-k", "KEYS/rsa.key"], "is not a DNS name"),
+        (["-K", "example.org:bad selector:KEYS/rsa.key"], "is not a DNS name"),
     ],
 )
 def test_bad_start_is_one_usage_line(published, args, message_part):
