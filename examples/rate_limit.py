@@ -62,7 +62,8 @@ def client_key(ip):
 
 
 def build(limit, window, max_clients=100_000, clock=time.monotonic) -> Filter:
-    f = Filter("rate-limit")
+    # reads session.src and session.authenticated: smtpd need send no other reports
+    f = Filter("rate-limit", session_events={"link-connect", "link-auth"})
     seen = SlidingWindow(window, max_clients, clock)
 
     @f.on("rcpt-to")

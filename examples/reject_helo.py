@@ -38,7 +38,8 @@ def why_refused(identity, our_names, allow_literals=False, pattern=None):
 
 
 def build(our_names=(), allow_literals=False, pattern=None) -> Filter:
-    f = Filter("reject-helo")
+    # reads session.greeting only: smtpd need send no other reports
+    f = Filter("reject-helo", session_events={"link-greeting"})
     configured = {n.lower().rstrip(".") for n in our_names}
 
     @f.on("helo", "ehlo")

@@ -233,6 +233,16 @@ def test_rate_limit_counts_an_ipv6_client_by_its_64_and_spares_authenticated_one
         assert s.send_message(to=["d@example.net", "e@example.net"]).accepted
 
 
+def test_the_small_examples_ask_smtpd_only_for_the_reports_they_read():
+    freeing = {"link-disconnect", "tx-reset"}  # always: they end per-session state
+    with Harness(rate_limit.build(3, 60)) as h:
+        assert h.reports == freeing | {"link-connect", "link-auth"}
+    with Harness(reject_helo.build()) as h:
+        assert h.reports == freeing | {"link-greeting"}
+    with Harness(dnsbl.build(["bl.test"], "junk", Resolver(["127.0.0.1:9"], timeout=0.1))) as h:
+        assert h.reports == freeing | {"link-connect"}
+
+
 def test_sliding_window_forgets_the_oldest_clients_first():
     clock = Clock()
     w = rate_limit.SlidingWindow(10, max_keys=2, clock=clock)

@@ -45,6 +45,10 @@ def test_example_passes_the_checker_on_every_dialect(path, tmp_path, dns_port):
     assert [r.dialect for r in result.results] == list(RELEASED_DIALECTS)
     bad = [f.format() for f in result.findings if f.severity in ("FATAL", "HANG")]
     assert bad == [] and not result.failed
-    assert all(r.sessions > 5 for r in result.results)
+    assert all(r.sessions > 5 and r.restarts == 0 for r in result.results)
+    for r in result.results:
+        # The only thing smtpd may do to an SDK filter's output is cut long
+        # lines on < 7.4, which the SDK logs.
+        assert {f.rule for f in r.findings} <= ({"legacy-truncation"} if r.dialect in ("0.4", "0.6") else set())
     if path.name == "event_log.py":  # it really wrote the events it was sent
         assert (tmp_path / "events.jsonl").read_text().count('"event": "link-connect"') > 5

@@ -14,7 +14,7 @@ from smtpd_filters import link
 def dirs(tmp_path):
     bindir = tmp_path / "venv" / "bin"
     bindir.mkdir(parents=True)
-    for name in ("py-filter-senderscore", "py-filter-rdns"):
+    for name in link.our_scripts():  # what an install of this checkout puts in bin/
         p = bindir / name
         p.write_text(f"#!{bindir}/python\nprint('x')\n")
         p.chmod(0o755)
@@ -29,7 +29,8 @@ def dirs(tmp_path):
 def test_link_and_remove(dirs, capsys):
     bindir, libexec = dirs
     assert link.main(["--libexec", str(libexec), "--bindir", str(bindir)]) == 0
-    for name in ("py-filter-senderscore", "py-filter-rdns"):
+    assert {"py-filter-senderscore", "py-filter-rdns", "py-filter-dkimsign"} <= set(link.our_scripts())
+    for name in link.our_scripts():
         dest = libexec / name
         assert dest.is_symlink() and os.readlink(dest) == str(bindir / name)
     assert not (libexec / "unrelated").exists()

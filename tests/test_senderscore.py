@@ -161,7 +161,8 @@ def test_a_dropped_query_times_out_and_the_client_is_unscored(dns_server):
 
 def test_many_unanswered_lookups_do_not_queue_behind_each_other(dns_server):
     """50 sessions whose lookups are never answered all get their connect
-    answer within timeout + 0.5 s (the Go filter waits for each in turn)."""
+    answer within a few timeouts (the Go filter waits for each in turn: 25 s
+    here); the slack is for a loaded 2-core machine, not for queueing."""
     h, f = make("-timeout", "0.5", server=dns_server)
     w = Wire("0.6")
     with h:
@@ -176,7 +177,7 @@ def test_many_unanswered_lookups_do_not_queue_behind_each_other(dns_server):
         took = time.monotonic() - t
     answers = [l for l in out if l.startswith(b"filter-result|")]
     assert len(answers) == 50
-    assert took < 0.5 + 0.5, took
+    assert took < 0.5 * 5, took
 
 
 def test_cache_and_cache_ttl(dns_server):
