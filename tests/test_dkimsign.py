@@ -121,6 +121,7 @@ SHAPES = {
     "empty body": message(body=[]),
     "trailing blank lines": message(body=[b"text", b"", b"  ", b"", b""]),
     "only blank lines": message(body=[b"", b"", b""]),
+    "header block only": message()[: message().index(b"")],  # not even the empty line
     "multiple From domains": message(b"From: bob@example.org, carol@other.example", b"Subject: two authors"),
 }
 
