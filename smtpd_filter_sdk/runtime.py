@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from . import protocol as p
 from .filter import LEGACY_LINE_CUT, LINE_TOO_LONG, Filter, Handler
-from .log import describe_line
+from .log import Logger, describe_line
 from .message import Headers, Message, stuff, unstuff
 from .responses import Decision, Proceed, Reject, failure_decision, is_decision, refusal
 from .session import Session, SessionTable, apply_report
@@ -51,7 +51,7 @@ _RUN_MIN = 16
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 #: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
-#: session (line handler, or held for on_message_stream) or None for
+#: session (line handler, or a message the SDK holds) or None for
 #: pass-through, stream).
 _FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
 
@@ -288,10 +288,11 @@ class Engine:
                             self._line_result(stream, payload, result)
                             ids = b"\n"
                         continue
-                    # A held stream (on_message_stream): keep the raw line.
+                    # A message the SDK holds (header block, whole message,
+                    # watched body): buffer the line.
                     assert stream is not None
-                    if not self._hold(stream, rest[len(ids) :]):
-                        ids = b"\n"  # no longer held: look the stream up again
+                    if not self._buffer(stream, rest[len(ids) :]):
+                        ids = b"\n"  # held differently now: look the stream up again
                     continue
             ids = b"\n"
             handle(line)
@@ -708,16 +709,26 @@ class Engine:
             stream.held.append(payload)
         elif len(payload) > stream.room:
             self._too_long(stream, len(payload))  # never buffered, never handed over
-        elif mode == _WATCH:
-            self._hold(stream, payload)
         else:
-            stream.size += len(payload) + 2
-            if stream.size > self._max_size:
-                self._oversize(stream, payload)
-            elif mode == _HEADERS:
-                self._header_line(stream, payload)
-            else:
-                stream.buffer.append(unstuff(payload))
+            self._buffer(stream, payload)
+
+    def _buffer(self, stream: _Stream, payload: bytes) -> bool:
+        """A line (raw, stuffed) of a message the SDK holds: the header block
+        (on_headers, on_message_stream), the whole message (on_message) or a
+        watched body.  False once the stream is held differently (header
+        block done, past the cap, watcher failed)."""
+        mode = stream.mode
+        if mode == _WATCH:
+            return self._hold(stream, payload)
+        stream.size += len(payload) + 2
+        if stream.size > self._max_size:
+            self._oversize(stream, payload)
+            return False
+        if mode == _HEADERS:
+            self._header_line(stream, payload)
+            return stream.mode == _HEADERS
+        stream.buffer.append(unstuff(payload))
+        return True
 
     def _open_stream(self, parts: list[bytes]) -> _Stream | None:
         rules = p.rules_for(parts[1])
@@ -749,7 +760,11 @@ class Engine:
     def _set_mode(self, stream: _Stream, mode: int) -> None:
         stream.mode = mode
         key = stream.sid + b"|"
-        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES, _WATCH):
+        # The hot loop takes pass-through, line-handler and held streams; a
+        # held one only when no line handler exists (it calls that for any
+        # stream it knows with a session).
+        held = mode in (_HEADERS, _MESSAGE) and self.filter.data_line_handler is None
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and (mode in (_PASS, _LINES, _WATCH) or held):
             ids = key + stream.token_bar
             self._fast[key] = (
                 ids,
@@ -979,9 +994,8 @@ class Engine:
         stream.fed = 1 if pending[0] == b"" else 0  # the empty line is no body
 
     def _hold(self, stream: _Stream, payload: bytes) -> bool:
-        """A body line of a watched message (raw, stuffed): kept for output,
-        shown to the watcher a batch at a time.  False once the message is no
-        longer held (past the cap, or the watcher failed)."""
+        """A body line of a watched message: kept for output as it came,
+        shown to the watcher a batch at a time."""
         stream.size += len(payload) + 2
         if stream.size > self._max_size:
             self._oversize(stream, payload)
@@ -1246,6 +1260,10 @@ class _Driver:
     def run(self) -> int:
         loop = self.loop
         asyncio.set_event_loop(loop)
+        log = self.filter.log
+        holds = isinstance(log, Logger)  # a harness may have swapped in a plain function
+        if holds:
+            log.hold(loop)  # a chunk's log lines in one write
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         try:
@@ -1262,6 +1280,8 @@ class _Driver:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(self.engine.shutdown())
             loop.close()
+            if holds:
+                log.unhold()
         return 0
 
 
