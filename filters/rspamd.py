@@ -258,6 +258,8 @@ def value_lines(name: str, value: str) -> list[bytes]:
     """``Name: value`` split where rspamd folded it.  Every continuation line
     starts with white space and none is empty, so a value can never end the
     header block or forge another header."""
+    if "\n" not in value and "\r" not in value and "\0" not in value:  # the common case: one line
+        return [f"{name}: {value}".encode("utf-8", "surrogateescape")]
     parts = value.replace("\0", "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     first, rest = parts[0], [p for p in parts[1:] if p.strip()]
     if not first.strip() and rest:
@@ -347,10 +349,13 @@ def _client_start(fields: Sequence[Header]) -> int:
 def remove_indexed(fields: list[Header], removals: Sequence[tuple[str, int]]) -> list[Header]:
     """rspamd's remove_headers: 0 = every one, N = the N-th, -N = the N-th
     from the end, counted among the fields of that name as rspamd saw them."""
+    if not removals:
+        return fields
+    names = [h.name.lower() for h in fields]
     drop: set[int] = set()
     for name, index in removals:
         lname = name.lower()
-        where = [i for i, h in enumerate(fields) if h.name.lower() == lname]
+        where = [i for i, n in enumerate(names) if n == lname]
         if index == 0:
             drop.update(where)
         elif 0 < index <= len(where):
@@ -377,17 +382,17 @@ def place(fields: list[Header], added: Sequence[Added]) -> list[Header]:
     """Insert ordered headers at their places in ``fields`` (positions count
     the fields as they are before any insertion; several at one place go
     ARC set, Authentication-Results, then in rspamd's order)."""
+    if not added:
+        return fields
     count = len(fields)
-    slots: dict[int, list[tuple[int, int, Header]]] = {}
+    slots: dict[int, list[tuple[int, int, Added]]] = {}
     for a in added:
         pos = _position(a.order if a.order is not None else 0, count)
-        slots.setdefault(pos, []).append((AUTH_RANK.get(a.name.lower(), 9), a.seq, Header(a.name, value_lines(a.name, a.value))))
-    out: list[Header] = []
-    for i in range(count + 1):
-        for _, _, h in sorted(slots.get(i, ()), key=lambda t: (t[0], t[1])):
-            out.append(h)
-        if i < count:
-            out.append(fields[i])
+        slots.setdefault(pos, []).append((AUTH_RANK.get(a.name.lower(), 9), a.seq, a))
+    out = list(fields)
+    for pos in sorted(slots, reverse=True):  # from the bottom, so the positions still hold
+        group = sorted(slots[pos], key=lambda t: (t[0], t[1]))
+        out[pos:pos] = [Header(a.name, value_lines(a.name, a.value)) for _, _, a in group]
     return out
 
 
