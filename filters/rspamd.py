@@ -491,13 +491,12 @@ def flags() -> GoFlags:
 class Scanner:
     """The rspamd side, shared by all sessions."""
 
-    def __init__(self, opts: Options, log: Any, client: HTTPClient | None = None) -> None:
+    def __init__(self, opts: Options, client: HTTPClient | None = None) -> None:
         self.opts = opts
-        self.log = log
         self.client = client or HTTPClient(opts.url, timeout=opts.timeout, connect_timeout=min(opts.timeout, 5.0))
         self.admd: str | None = None
 
-    async def scan(self, session: Any, msg: Message, body: bytes) -> Reply:
+    async def scan(self, session: Any, body: bytes) -> Reply:
         reply = await self.client.post("/checkv2", body, request_headers(session, self.opts, self.admd))
         return parse_reply(reply.body)
 
@@ -517,7 +516,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         max_message_size=opts.maxSize or None,
         session_events=SESSION_EVENTS,
     )
-    scanner = Scanner(opts, lambda *a: f.log(*a), client)
+    scanner = Scanner(opts, client)
     f.scanner = scanner  # type: ignore[attr-defined]  (for tests)
     dry = " (dry run)" if opts.dryRun else ""
 
@@ -537,7 +536,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
             return None
         body = msg.as_bytes()
         try:
-            reply = await scanner.scan(session, msg, body)
+            reply = await scanner.scan(session, body)
         except (HTTPError, ReplyError) as exc:
             return failed(session, msg, qid, str(exc))
         score = f"score={reply.score:.2f}/{reply.required:.2f}"
@@ -556,14 +555,17 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         f.log(f"{qid}larger than -maxSize {opts.maxSize} (over {size} bytes): passed unscanned", session.id)
 
     def failed(session, msg, qid: str, why: str):
-        if opts.failMode == "open" or opts.dryRun:
+        if opts.failMode == "open":
+            what = "passed unscanned (-failMode open)"
+            decision = None
             if not opts.dryRun:
                 fields, _ = strip_spoofed(msg.headers.fields)
                 msg.headers.fields = [Header("X-Spam-Status", [f"X-Spam-Status: {UNKNOWN_STATUS}".encode()])] + fields
-            f.log(f"{qid}rspamd failed ({why}): passed unscanned (-failMode open){dry}", session.id)
-            return None
-        f.log(f"{qid}rspamd failed ({why}): 451 (-failMode closed)", session.id)
-        return reject(451, "Try again later (spam filter unavailable)", enhanced="4.7.1")
+        else:
+            what = "451 (-failMode closed)"
+            decision = reject(451, "Try again later (spam filter unavailable)", enhanced="4.7.1")
+        f.log(f"{qid}rspamd failed ({why}): {what}{dry}", session.id)
+        return None if opts.dryRun else decision
 
     return f
 
