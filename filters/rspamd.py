@@ -258,6 +258,8 @@ def value_lines(name: str, value: str) -> list[bytes]:
     """``Name: value`` split where rspamd folded it.  Every continuation line
     starts with white space and none is empty, so a value can never end the
     header block or forge another header."""
+    if "\n" not in value and "\r" not in value and "\0" not in value:  # the common case: one line
+        return [f"{name}: {value}".encode("utf-8", "surrogateescape")]
     parts = value.replace("\0", "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     first, rest = parts[0], [p for p in parts[1:] if p.strip()]
     if not first.strip() and rest:
@@ -347,10 +349,13 @@ def _client_start(fields: Sequence[Header]) -> int:
 def remove_indexed(fields: list[Header], removals: Sequence[tuple[str, int]]) -> list[Header]:
     """rspamd's remove_headers: 0 = every one, N = the N-th, -N = the N-th
     from the end, counted among the fields of that name as rspamd saw them."""
+    if not removals:
+        return fields
+    names = [h.name.lower() for h in fields]
     drop: set[int] = set()
     for name, index in removals:
         lname = name.lower()
-        where = [i for i, h in enumerate(fields) if h.name.lower() == lname]
+        where = [i for i, n in enumerate(names) if n == lname]
         if index == 0:
             drop.update(where)
         elif 0 < index <= len(where):
@@ -377,17 +382,17 @@ def place(fields: list[Header], added: Sequence[Added]) -> list[Header]:
     """Insert ordered headers at their places in ``fields`` (positions count
     the fields as they are before any insertion; several at one place go
     ARC set, Authentication-Results, then in rspamd's order)."""
+    if not added:
+        return fields
     count = len(fields)
-    slots: dict[int, list[tuple[int, int, Header]]] = {}
+    slots: dict[int, list[tuple[int, int, Added]]] = {}
     for a in added:
         pos = _position(a.order if a.order is not None else 0, count)
-        slots.setdefault(pos, []).append((AUTH_RANK.get(a.name.lower(), 9), a.seq, Header(a.name, value_lines(a.name, a.value))))
-    out: list[Header] = []
-    for i in range(count + 1):
-        for _, _, h in sorted(slots.get(i, ()), key=lambda t: (t[0], t[1])):
-            out.append(h)
-        if i < count:
-            out.append(fields[i])
+        slots.setdefault(pos, []).append((AUTH_RANK.get(a.name.lower(), 9), a.seq, a))
+    out = list(fields)
+    for pos in sorted(slots, reverse=True):  # from the bottom, so the positions still hold
+        group = sorted(slots[pos], key=lambda t: (t[0], t[1]))
+        out[pos:pos] = [Header(a.name, value_lines(a.name, a.value)) for _, _, a in group]
     return out
 
 
@@ -486,13 +491,12 @@ def flags() -> GoFlags:
 class Scanner:
     """The rspamd side, shared by all sessions."""
 
-    def __init__(self, opts: Options, log: Any, client: HTTPClient | None = None) -> None:
+    def __init__(self, opts: Options, client: HTTPClient | None = None) -> None:
         self.opts = opts
-        self.log = log
         self.client = client or HTTPClient(opts.url, timeout=opts.timeout, connect_timeout=min(opts.timeout, 5.0))
         self.admd: str | None = None
 
-    async def scan(self, session: Any, msg: Message, body: bytes) -> Reply:
+    async def scan(self, session: Any, body: bytes) -> Reply:
         reply = await self.client.post("/checkv2", body, request_headers(session, self.opts, self.admd))
         return parse_reply(reply.body)
 
@@ -512,7 +516,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         max_message_size=opts.maxSize or None,
         session_events=SESSION_EVENTS,
     )
-    scanner = Scanner(opts, lambda *a: f.log(*a), client)
+    scanner = Scanner(opts, client)
     f.scanner = scanner  # type: ignore[attr-defined]  (for tests)
     dry = " (dry run)" if opts.dryRun else ""
 
@@ -532,7 +536,7 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
             return None
         body = msg.as_bytes()
         try:
-            reply = await scanner.scan(session, msg, body)
+            reply = await scanner.scan(session, body)
         except (HTTPError, ReplyError) as exc:
             return failed(session, msg, qid, str(exc))
         score = f"score={reply.score:.2f}/{reply.required:.2f}"
@@ -551,14 +555,17 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         f.log(f"{qid}larger than -maxSize {opts.maxSize} (over {size} bytes): passed unscanned", session.id)
 
     def failed(session, msg, qid: str, why: str):
-        if opts.failMode == "open" or opts.dryRun:
+        if opts.failMode == "open":
+            what = "passed unscanned (-failMode open)"
+            decision = None
             if not opts.dryRun:
                 fields, _ = strip_spoofed(msg.headers.fields)
                 msg.headers.fields = [Header("X-Spam-Status", [f"X-Spam-Status: {UNKNOWN_STATUS}".encode()])] + fields
-            f.log(f"{qid}rspamd failed ({why}): passed unscanned (-failMode open){dry}", session.id)
-            return None
-        f.log(f"{qid}rspamd failed ({why}): 451 (-failMode closed)", session.id)
-        return reject(451, "Try again later (spam filter unavailable)", enhanced="4.7.1")
+        else:
+            what = "451 (-failMode closed)"
+            decision = reject(451, "Try again later (spam filter unavailable)", enhanced="4.7.1")
+        f.log(f"{qid}rspamd failed ({why}): {what}{dry}", session.id)
+        return None if opts.dryRun else decision
 
     return f
 

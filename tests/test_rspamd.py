@@ -537,3 +537,12 @@ def test_on_protocol_0_7_the_go_filter_loses_the_user_and_we_do_not(srv):
     assert go.user_sent != "alice"
     go, ours = both(srv, answer(), dialect="0.6", auth="alice")
     assert go.user_sent == ours.user_sent == "alice"
+
+
+def test_dry_run_with_rspamd_down_proceeds_and_says_what_it_would_do():
+    opts = rs.flags().parse_or_raise(["-url", "http://127.0.0.1:9", "-dryRun"])
+    with Harness(rs.build(opts)) as h:
+        m = h.session().send_message()
+        assert m.commit.decision == "proceed"
+        assert m.output_lines == [l for l in m.input_lines if l != b"."]
+        assert any("rspamd failed" in l and "451 (-failMode closed) (dry run)" in l for l in h.stderr)
