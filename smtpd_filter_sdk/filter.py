@@ -22,12 +22,13 @@ import asyncio
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from . import protocol
 from .log import Logger
 from .responses import FAILURE_POLICIES
 from .session import TRACKED_EVENTS
+from .tracking import FIELD_EVENTS, events_for, fields_read
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,6 +76,12 @@ class Filter:
     ``legacy_long_lines``: smtpd before 7.4 (protocol < 0.7) silently cuts
     every filter output line after 2,047 bytes.  ``"warn"`` logs such
     messages, ``"reject"`` refuses them at commit.
+
+    ``track``: which session fields the SDK keeps up to date (and so which
+    report events it asks smtpd for).  By default it finds out from the
+    handlers' code (``tracking.fields_read``); ``"all"`` tracks every field;
+    a list of field names (``["src", "helo"]``) is for a handler that hands
+    the session to code the SDK cannot look into.
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class Filter:
         on_error: str = "fail-open",
         deadline: float = 5.0,
         legacy_long_lines: str = "warn",
+        track: str | Iterable[str] | None = None,
     ) -> None:
         if on_error not in FAILURE_POLICIES:
             raise ValueError(f"on_error must be one of {FAILURE_POLICIES}, not {on_error!r}")
@@ -91,6 +99,14 @@ class Filter:
             raise ValueError("legacy_long_lines must be 'warn' or 'reject'")
         if not deadline > 0:
             raise ValueError("deadline must be positive")
+        if isinstance(track, str) and track != "all":
+            raise ValueError('track must be "all", None or a list of session fields')
+        if track is not None and track != "all":
+            track = frozenset(track)
+            unknown = track - FIELD_EVENTS.keys() - {"id", "subsystem", "data"}
+            if unknown:
+                raise ValueError(f"not session fields the SDK tracks: {sorted(unknown)}; one of {sorted(FIELD_EVENTS)}")
+        self.track = track
         self.name = name
         self.on_error = on_error
         self.deadline = float(deadline)
@@ -203,8 +219,27 @@ class Filter:
     def handles_data(self) -> bool:
         return any((self.data_line_handler, self.headers_handler, self.message_handler))
 
+    def tracked_events(self) -> set[str]:
+        """The smtp-in events session state needs: those that fill the
+        fields the handlers read (see ``track``), link-disconnect (the
+        session is freed there) and, for message handlers, tx-reset (the
+        message's state is dropped there)."""
+        if self.track == "all":
+            fields = None
+        elif self.track is not None:
+            fields = set(self.track)
+        else:
+            handlers = [h.fn for hs in (*self.phase_handlers.values(), *self.report_handlers.values()) for h in hs]
+            handlers += [h.fn for h in (self.data_line_handler, self.headers_handler, self.message_handler) if h]
+            fields = fields_read(handlers)
+        events = set(TRACKED_EVENTS) if fields is None else events_for(fields)
+        events.add("link-disconnect")
+        if self.handles_data:
+            events.add("tx-reset")
+        return events
+
     def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
-        reports = {("smtp-in", event) for event in TRACKED_EVENTS}
+        reports = {("smtp-in", event) for event in self.tracked_events()}
         reports.update(self.report_handlers)
         if any(sub == "smtp-out" for sub, _ in reports):
             # smtp-out reports create sessions too: free them at link-disconnect
