@@ -153,6 +153,10 @@ class Engine:
         # None for pass-through, stream) for the streams whose lines the hot
         # loop in feed() handles; kept in step by _set_mode.
         self._fast: dict[bytes, _FastEntry] = {}
+        # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, stream) for
+        # streams buffering their header block: the hot loop hands their
+        # lines to _header_line without the general path's split and checks.
+        self._header_lane: dict[bytes, tuple[bytes, bytes, int, _Stream]] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # on_start tasks, alive until EOF
@@ -164,8 +168,11 @@ class Engine:
         self._owed: dict[asyncio.Task[Any], tuple[p.Request, Session]] = {}
         self._phase_handlers = filt.phase_handlers
         self._report_handlers = filt.report_handlers
+        self._quiet_events = {b"link-disconnect", b"tx-reset"} - {e.encode() for _, e in filt.report_handlers}
         reports, phases = filt.registrations()
         self._reports, self._phases = reports, phases
+        #: registered phases without a handler: answered proceed at once
+        self._unhandled = {ph.encode() for ph in phases if ph not in filt.phase_handlers and ph != "data-line"}
         self._data_mode = (
             _MESSAGE
             if filt.message_handler
@@ -213,6 +220,8 @@ class Engine:
         """
         handle = self.handle_line
         fast_get = self._fast.get
+        lane_get = self._header_lane.get
+        header_block = self._header_block
         out_append = self.out.append
         line_handler = self.filter.data_line_handler
         line_fn = line_handler.fn if line_handler is not None else None
@@ -246,7 +255,14 @@ class Engine:
                     fast = fast_get(rest[:_FAST_KEY])
                     if fast is None or not rest.startswith(fast[0]):
                         ids = b"\n"
-                        handle(line)
+                        lane = lane_get(rest[:_FAST_KEY])
+                        if lane is not None and rest.startswith(lane[0]) and len(rest) <= lane[2] and rest != lane[1]:
+                            at = end - length_hint(it)  # the line after this one
+                            after = header_block(lines, at - 1, len(line) - len(rest), lane)
+                            if after > at:
+                                it.__setstate__(after)  # type: ignore[attr-defined]
+                        else:
+                            handle(line)
                         continue
                     ids, dot_rest, rest_room, session, stream = fast
                     if session is None and len(rest) <= rest_room and rest != dot_rest:
@@ -297,6 +313,46 @@ class Engine:
             ids = b"\n"
             handle(line)
         return len(lines), None, b""
+
+    def _header_block(self, lines: list[bytes], at: int, cut: int, lane: tuple[bytes, bytes, int, _Stream]) -> int:
+        """Buffer ``lines[at]``, a header line of a stream in the header
+        lane (its head ``filter|...|data-line|`` is ``cut`` bytes long), and
+        the lines of that stream right after it, up to the end of the header
+        block; returns the index of the next line to look at.
+
+        The run of lines is taken like ``_run`` takes one (the heads, proven
+        alike by ``_heads_match``), so each line costs a slice and a few
+        checks, not a split and two lookups.  It stops before a final ``.``
+        or a line too long to echo (the general path handles those) and
+        after the line that ends the header block, which hands the block to
+        the handler (``_header_line``'s rule)."""
+        ids, _, _, stream = lane
+        width = cut + len(ids)
+        marker = b"|data-line|" + ids
+        where = width - len(marker)
+        end = len(lines)
+        j = at + 1
+        while j < end and lines[j].startswith(marker, where) and len(lines[j]) != width + 1:
+            j += 1
+            if len(lines[j - 1]) == width:  # an empty line: the header block ends there
+                break
+        run = lines[at:j]
+        if len(run) > 1 and not _heads_match(run, lines[at][:width], marker):
+            run = run[:1]
+        buffer, room = stream.buffer, stream.room
+        for k, payload in enumerate(map(itemgetter(slice(width, None)), run)):
+            if len(payload) > room or payload == b".":
+                return at + k
+            stream.size += len(payload) + 2
+            if stream.size > self._max_size:
+                self._oversize(stream, payload)
+                return at + k + 1
+            text = payload[1:] if payload[:1] == b"." else payload
+            if text == b"" or (buffer and text[:1] not in (b" ", b"\t") and b":" not in text):
+                self._run_message_handler(stream, pending=[payload])
+                return at + k + 1
+            buffer.append(text)
+        return at + len(run)
 
     def _run(self, lines: list[bytes], at: int, fast: _FastEntry, model: bytes) -> int:
         """Answer the run of ``lines`` from ``at`` on that continue
@@ -368,6 +424,8 @@ class Engine:
                 parts = line.split(b"|", 7)
                 if len(parts) == 8 and parts[4] == b"data-line":
                     self._data_line(parts)
+                elif len(parts) == 8 and parts[4] in self._unhandled and self._proceed(parts):
+                    pass
                 else:
                     self._request(line)
             elif line[:7] == b"report|":
@@ -493,6 +551,19 @@ class Engine:
     # -- reports -----------------------------------------------------------
 
     def _report(self, line: bytes) -> None:
+        parts = line.split(b"|", 6)
+        if len(parts) >= 6 and parts[4] in self._quiet_events and parts[0] == b"report" and p.rules_for(parts[1]):
+            # The two events every session brings that no handler wants and
+            # whose fields the state does not need: no record is built.
+            if len(parts) == 6 and parts[4] == b"link-disconnect":
+                self._forget(p.decode_field(parts[5]))
+                return
+            if len(parts) == 7 and parts[4] == b"tx-reset" and parts[3] == b"smtp-in":
+                sid = p.decode_field(parts[5])
+                self.sessions.get(sid).tx = None
+                self._verdicts.pop(sid, None)
+                self._drop_stream(parts[5])
+                return
         parts, subsystem, event, params = p.split_report(line)
         sid = p.decode_field(parts[5])
         session = self.sessions.get(sid, subsystem)
@@ -537,6 +608,21 @@ class Engine:
         self._drop_stream(sid.encode())
 
     # -- requests ----------------------------------------------------------
+
+    def _proceed(self, parts: list[bytes]) -> bool:
+        """A request of a phase registered without a handler (commit, for a
+        message filter): ``proceed``, unless the message was refused; no
+        record.  False: take the general path."""
+        rules = p.rules_for(parts[1])
+        sid, token = parts[5], parts[6]
+        if rules is None or parts[0] != b"filter" or not sid or not token or b"\r" in sid or b"\r" in token:
+            return False
+        key = p.decode_field(sid)
+        if key in self._verdicts:
+            return False
+        self.sessions.get(key)  # created on any line naming it
+        self.out.append(b"filter-result|" + p.response_ids(rules, sid, token) + b"|proceed")
+        return True
 
     def _request(self, line: bytes) -> None:
         req = p.parse_request(line)
@@ -762,8 +848,9 @@ class Engine:
         key = stream.sid + b"|"
         # The hot loop takes pass-through, line-handler and held streams; a
         # held one only when no line handler exists (it calls that for any
-        # stream it knows with a session).
-        held = mode in (_HEADERS, _MESSAGE) and self.filter.data_line_handler is None
+        # stream it knows with a session).  A header block has its own lane
+        # (taken in runs by _header_block), so it is not in _fast.
+        held = mode == _MESSAGE and self.filter.data_line_handler is None
         if stream.fast_prefix is not None and len(key) == _FAST_KEY and (mode in (_PASS, _LINES, _WATCH) or held):
             ids = key + stream.token_bar
             self._fast[key] = (
@@ -775,8 +862,14 @@ class Engine:
             )
         else:
             self._fast.pop(key, None)
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode == _HEADERS:
+            ids = key + stream.token_bar
+            self._header_lane[key] = (ids, ids + b".", len(ids) + stream.room, stream)
+        else:
+            self._header_lane.pop(key, None)
 
     def _drop_stream(self, sid: bytes) -> None:
+        self._header_lane.pop(sid + b"|", None)
         self._streams.pop(sid, None)
         self._fast.pop(sid + b"|", None)
 
@@ -1114,8 +1207,14 @@ class Engine:
         if verdict is not None:
             stream.verdict = verdict
         lines = content if isinstance(content, list) else content.lines()
-        for line in lines:
-            self._emit(stream, stuff(line))
+        stuffed = [b"." + line if line[:1] == b"." else line for line in lines]
+        if stuffed and max(map(len, stuffed)) <= stream.legacy_room:
+            # Every line fits: no per-line checks.
+            prefix = stream.prefix
+            self.out.extend([prefix + line for line in stuffed])
+        else:
+            for line in stuffed:
+                self._emit(stream, line)
         self._set_mode(stream, stream.after_headers)
         for payload in pending:
             if payload == b"." and stream.ended:
