@@ -66,6 +66,7 @@ PY = sys.executable or "python3"
 SYSTEM_PY = "/usr/bin/python3"
 FILTER_PY = SYSTEM_PY if os.access(SYSTEM_PY, os.X_OK) else PY
 LIBEXEC = "/usr/libexec/opensmtpd"
+REPO = os.path.dirname(HERE)
 NETNS_MARK = "SMTPD_BENCH_IN_NETNS"
 
 
@@ -81,6 +82,12 @@ def shortcut(cmd: str, tmpdir: str | None = None) -> tuple[str, str]:
         return "sdk-passthrough", "%s %s/passthrough.py%s" % (FILTER_PY, HERE, extra)
     if name in ("passthrough-lines", "sdk-lines"):
         return "sdk-per-line", "%s %s/passthrough.py --per-line%s" % (FILTER_PY, HERE, extra)
+    if name in ("add_header", "add-header"):  # the header-tagging example, as users run it
+        return "sdk-add_header", "env PYTHONPATH=%s %s %s/examples/add_header.py%s" % (
+            REPO, FILTER_PY, REPO, extra)
+    if name in ("py-senderscore", "py_senderscore"):
+        return "py-filter-senderscore", "env PYTHONPATH=%s %s %s/filters/senderscore.py%s" % (
+            REPO, FILTER_PY, REPO, extra or " -junkBelow 80 -scoreHeader")
     if name == "senderscore":
         return "filter-senderscore", "%s/filter-senderscore%s" % (
             LIBEXEC, extra or " -junkBelow 80 -scoreHeader")
@@ -906,6 +913,80 @@ def mode_memory(a, out: Output, spec: str) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Small messages: most mail (issue 13)
+
+SMALL_FILTERS = ("@echo", "@add_header", "@py-senderscore", "@senderscore")
+
+
+def mode_small(a, out: Output) -> dict:
+    """50-line and 10-line messages through echo_loop, the header-tagging
+    example, py-filter-senderscore and Debian's filter-senderscore (both
+    ``-junkBelow 80 -scoreHeader``, fake DNS in the private namespace), in
+    one run: open loop, runs rotated, medians.  Targets on 50 lines: the
+    SDK filters >= 0.6x echo_loop's sessions/s, and >= 3x filter-senderscore's."""
+    env = filter_env(a)
+    results = {}
+    for nlines in (50, 10):
+        b = argparse.Namespace(**vars(a))
+        b.lines, b.size, b.window = nlines, None, 0
+        filters = []
+        for spec in SMALL_FILTERS:
+            name, cmd = shortcut(spec, a.tmpdir)
+            miss = missing_binary(cmd.replace("env PYTHONPATH=%s " % REPO, ""), env)
+            why = ("not installed (%s)" % miss if miss else "needs the private namespace" if dns_unsafe(cmd)
+                   else "%s cannot import dnspython (run with --python .venv/bin/python)" % FILTER_PY
+                   if spec == "@py-senderscore" and subprocess.run([FILTER_PY, "-c", "import dns"]).returncode
+                   else None)
+            if why:
+                print("%s: skipped: %s" % (name, why), flush=True)
+                continue
+            filters.append((name, cmd))
+        print("# small messages: %s; %s; %d rotated repeats" % (
+            describe(b), ", ".join(n for n, _ in filters), a.repeats), flush=True)
+        runs: dict[str, list[dict]] = {n: [] for n, _ in filters}
+        for i in range(a.repeats):
+            k = i % len(filters)
+            for name, cmd in filters[k:] + filters[:k]:
+                runs[name].append(out.run(run_once(b, name, cmd)))
+        summ = {n: summarize(n, r) for n, r in runs.items()}
+        for s_ in summ.values():
+            print(fmt_summary(s_), flush=True)
+        res = {"lines": nlines, "summaries": summ, "ratios": {}}
+        for base in ("echo_loop", "filter-senderscore"):
+            bs = summ.get(base, {})
+            if "sessions_per_s" not in bs:
+                continue
+            for n, s_ in summ.items():
+                if n == base or "sessions_per_s" not in s_:
+                    continue
+                key = "%s/%s" % (n, base)
+                mine, theirs = _per_cpu(s_), _per_cpu(bs)
+                c = res["ratios"][key] = {
+                    "sessions_per_s": round(s_["sessions_per_s"] / bs["sessions_per_s"], 3),
+                    "sessions_per_cpu_s": round(mine / theirs, 3) if mine and theirs else None,
+                }
+                print("ratio %s, %d-line messages: sessions/s %.3f, sessions per filter CPU-second %s" % (
+                    key, nlines, c["sessions_per_s"], c["sessions_per_cpu_s"]), flush=True)
+        results["%dl" % nlines] = res
+    out.note({"small_results": results})
+    print("# targets (50-line messages)", flush=True)
+    r50 = results.get("50l", {}).get("ratios", {})
+    for n in ("sdk-add_header", "py-filter-senderscore"):
+        for base, target in (("echo_loop", 0.6), ("filter-senderscore", 3.0)):
+            c = r50.get("%s/%s" % (n, base))
+            if c:
+                print("%s / %s, sessions/s: %.3f (target >= %g): %s" % (
+                    n, base, c["sessions_per_s"], target, "PASS" if c["sessions_per_s"] >= target else "FAIL"))
+    return results
+
+
+def _per_cpu(s: dict) -> float | None:
+    """Sessions per filter CPU-second (user + sys over the filter's life)."""
+    cpu = (s.get("cpu_user_s") or 0) + (s.get("cpu_sys_s") or 0)
+    return s["sessions"] / cpu if cpu and s.get("sessions") else None
+
+
+# --------------------------------------------------------------------------
 # Suite
 
 def sdk_available() -> str | None:
@@ -1081,6 +1162,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "@senderscore/@dkimsign/@rspamd")
     ap.add_argument("--against", metavar="CMD2", help="compare with CMD2 (alternating runs)")
     ap.add_argument("--suite", action="store_true", help="run the standard set")
+    ap.add_argument("--small", action="store_true",
+                    help="50- and 10-line messages: echo_loop, add_header.py, py-filter-senderscore, "
+                         "filter-senderscore side by side")
     ap.add_argument("--quick", action="store_true", help="smaller suite (~1 min)")
     ap.add_argument("--memory", action="store_true", help="peak RSS at several session counts")
     ap.add_argument("--memory-sessions", default="1e4,1e5,1e6")
@@ -1143,8 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
         FILTER_PY = a.python
     a.memory_given = "--memory-sessions" in " ".join(argv)
     if a.repeats is None:
-        a.repeats = 1 if not a.against else 5
-    if not (a.suite or a.cmd):
+        a.repeats = 3 if a.small else 1 if not a.against else 5
+    if not (a.suite or a.cmd or a.small):
         ap.error("a filter command (or --suite) is needed")
     if a.size is not None:
         a.lines = None
@@ -1157,6 +1241,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.suite:
             return mode_suite(a, out)
+        if a.small:
+            mode_small(a, out)
+            return 0
         if a.memory:
             r = mode_memory(a, out, a.cmd)
             return 0 if r.get("all_complete") else 1

@@ -36,7 +36,7 @@ _WSP_RUN = re.compile(rb"[ \t]+")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 ftext
 
 
-class KeyError_(ValueError):
+class KeyFileError(ValueError):
     """A key file that cannot be used (the message names the file)."""
 
 
@@ -66,21 +66,21 @@ def load_key(path: str) -> Key:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise KeyError_(f"can't read key file {path}: {exc.strerror or exc}") from None
+        raise KeyFileError(f"can't read key file {path}: {exc.strerror or exc}") from None
     try:
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         seed = _raw_ed25519_seed(data)
         if seed is None:
-            raise KeyError_(f"key file {path} holds no usable private key ({exc})") from None
+            raise KeyFileError(f"key file {path} holds no usable private key ({exc})") from None
         private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
     if isinstance(private, rsa.RSAPrivateKey):
         if private.key_size < 1024:
-            raise KeyError_(f"key file {path}: RSA key of {private.key_size} bits (verifiers want >= 1024)")
+            raise KeyFileError(f"key file {path}: RSA key of {private.key_size} bits (verifiers want >= 1024)")
         return Key(path, "rsa", private)
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return Key(path, "ed25519", private)
-    raise KeyError_(f"key file {path}: {type(private).__name__} keys cannot sign DKIM (rsa or ed25519)")
+    raise KeyFileError(f"key file {path}: {type(private).__name__} keys cannot sign DKIM (rsa or ed25519)")
 
 
 def throwaway_key(kind: str) -> Key:
@@ -255,6 +255,20 @@ def fold(text: str, width: int = FOLD_AT) -> list[str]:
     return lines
 
 
+def append_b(lines: list[str], b: str, width: int = FOLD_AT) -> list[str]:
+    """``fold(text + b)`` from ``lines = fold(text)``, ``text`` ending in
+    ``b=``: every character of b= is a break point, so its value just fills
+    the last line up to ``width`` columns, then TAB-led lines (a last line
+    already past the width breaks after its ``=``)."""
+    last = lines[-1]
+    col = 8 + len(last) - 1 if len(lines) > 1 else len(last)
+    room = max(0, width - col)
+    out = lines[:-1] + [last + b[:room]]
+    step = width - 8
+    out += ["\t" + b[i : i + step] for i in range(room, len(b), step)]
+    return out
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who signs: domain (d=), selector (s=) and key."""
@@ -319,7 +333,7 @@ def sign(
     # the signature field itself, b= empty, without its final CRLF (§3.7)
     data += canon_header([line.encode() for line in unsigned], opts.header_canon)[:-2]
     b = base64.b64encode(identity.key.sign(data)).decode()
-    return [line.encode() for line in fold(text + b)]
+    return [line.encode() for line in append_b(unsigned, b)]
 
 
 # -- the signing domain ------------------------------------------------------------

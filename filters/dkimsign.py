@@ -49,6 +49,7 @@ sign through OpenSSL (``cryptography``).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 import time
@@ -65,6 +66,7 @@ except ImportError:  # pragma: no cover - python3 filters/dkimsign.py
 
 PROG = "py-filter-dkimsign"
 DEFAULT_MAX_SIZE = 36700160
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 #: ``make demo`` signs with a throw-away Ed25519 key made at start.
 DEMO = {"args": ["-testKey", "-a", "ed25519-sha256", "-d", "example.org", "-s", "demo"]}
 
@@ -77,7 +79,7 @@ def flags() -> GoFlags:
     g.string("D", "", "file of signing domains, one per line, # comments", metavar="FILE")
     g.string("h", ":".join(dkim.DEFAULT_HEADERS), "header fields to sign, colon-separated, must include from", metavar="H1:H2")
     g.string("k", "", "private key file (PEM)", metavar="FILE")
-    g.string("s", "", "selector of the -k key", metavar="SELECTOR")
+    g.string("s", "", "selector of the -k key", metavar="SELECTOR", validate=check_selector)
     g.bool("t", False, "add t= (time of signing)")
     g.int("x", 0, "add x=, the signature expiring SECS after signing", metavar="SECS")
     g.bool("z", False, "add z= with the signed header fields")
@@ -106,12 +108,19 @@ def header_list(text: str, flag: str, *, need_from: bool) -> tuple[str, ...]:
     return names
 
 
+def check_selector(text: str) -> str:
+    """A selector is a DNS name under _domainkey (RFC 6376 §3.1)."""
+    if not _SELECTOR.fullmatch(text):
+        raise ValueError(f"selector {text!r} is not a DNS name")
+    return text
+
+
 def parse_key_entry(text: str) -> tuple[str, str, str]:
     domain, _, rest = text.partition(":")
     selector, _, path = rest.partition(":")
     if not (domain and selector and path):
         raise ValueError("want DOMAIN:SELECTOR:FILE")
-    return parse_domain(domain), selector, path
+    return parse_domain(domain), check_selector(selector), path
 
 
 class Keys:
@@ -145,7 +154,7 @@ class Keys:
         elif opts.k:
             self.default = key(opts.k)
             if self.default.algorithm != opts.a:
-                raise dkim.KeyError_(f"key file {opts.k} is a {self.default.kind} key, not for -a {opts.a}")
+                raise dkim.KeyFileError(f"key file {opts.k} is a {self.default.kind} key, not for -a {opts.a}")
         self.selector = opts.s
         self.domains = DomainList(domains + list(self.identities))
 

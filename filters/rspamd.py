@@ -47,7 +47,7 @@ action).  The client's own ``X-Spam``, ``X-Spam-*``, ``X-Spamd-*`` and
 ours are added.  The request carries every envelope header rspamd knows: IP,
 Hostname, Helo, From (``<>`` for the null sender), Rcpt per accepted
 recipient, Deliver-To (one recipient), Queue-Id, User (after AUTH), MTA-Name,
-MTA-Tag, TLS-Version/TLS-Cipher, Settings-ID, ``Pass: all``.
+MTA-Tag, TLS-Version/TLS-Cipher, Settings-ID, ``Pass: All``.
 
 rspamd need not be up when smtpd starts: nothing is contacted before the
 first message, and a failure is answered per -failMode, never by exiting.
@@ -81,9 +81,11 @@ AUTH_RANK = {"arc-seal": 0, "arc-message-signature": 1, "arc-authentication-resu
 #: headers a client must not bring in: they would forge our verdict
 SPOOFABLE = re.compile(r"^x-(spam|spam-.*|spamd-.*|rspamd-.*)$", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII, no colon, no space
-_SYMBOL = re.compile(r"^[!-~]+$")
 TESTS_WIDTH = 68  # filter-rspamd folds tests=[...] at this many characters
 UNKNOWN_STATUS = "Unknown (not scanned: rspamd unavailable)"
+#: what request_headers reads (the Go filter's set, plus link-tls): smtpd
+#: sends nothing else, so a session costs no more report lines than there
+SESSION_EVENTS = ("link-connect", "link-greeting", "link-identify", "link-tls", "link-auth", "tx-begin", "tx-mail", "tx-rcpt")
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +165,8 @@ def parse_reply(data: bytes | str) -> Reply:
     symbols = obj.get("symbols")
     if isinstance(symbols, dict):
         for name, sym in symbols.items():
-            if _SYMBOL.match(name):
+            # printable ASCII without spaces: it goes into a header line
+            if name.isascii() and name.isprintable() and " " not in name and name:
                 reply.symbols[name] = _number(sym.get("score")) if isinstance(sym, dict) else 0.0
     dkim = obj.get("dkim-signature")
     for value in dkim if isinstance(dkim, list) else [dkim]:
@@ -255,6 +258,8 @@ def value_lines(name: str, value: str) -> list[bytes]:
     """``Name: value`` split where rspamd folded it.  Every continuation line
     starts with white space and none is empty, so a value can never end the
     header block or forge another header."""
+    if "\n" not in value and "\r" not in value and "\0" not in value:  # the common case: one line
+        return [f"{name}: {value}".encode("utf-8", "surrogateescape")]
     parts = value.replace("\0", "").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     first, rest = parts[0], [p for p in parts[1:] if p.strip()]
     if not first.strip() and rest:
@@ -299,7 +304,7 @@ def request_headers(session: Any, opts: Options, admd: str | None = None) -> lis
     """The envelope as rspamd's /checkv2 request headers."""
     src = session.src
     ip = "127.0.0.1" if src is None or src.is_local or not src.is_ip else src.host
-    h: list[tuple[str, str]] = [("Pass", "all"), ("IP", ip)]
+    h: list[tuple[str, str]] = [("Pass", "All"), ("IP", ip)]  # as filter-rspamd spells it
     if session.has_rdns:
         h.append(("Hostname", session.rdns))
     if session.helo:
@@ -344,10 +349,13 @@ def _client_start(fields: Sequence[Header]) -> int:
 def remove_indexed(fields: list[Header], removals: Sequence[tuple[str, int]]) -> list[Header]:
     """rspamd's remove_headers: 0 = every one, N = the N-th, -N = the N-th
     from the end, counted among the fields of that name as rspamd saw them."""
+    if not removals:
+        return fields
+    names = [h.name.lower() for h in fields]
     drop: set[int] = set()
     for name, index in removals:
         lname = name.lower()
-        where = [i for i, h in enumerate(fields) if h.name.lower() == lname]
+        where = [i for i, n in enumerate(names) if n == lname]
         if index == 0:
             drop.update(where)
         elif 0 < index <= len(where):
@@ -374,17 +382,17 @@ def place(fields: list[Header], added: Sequence[Added]) -> list[Header]:
     """Insert ordered headers at their places in ``fields`` (positions count
     the fields as they are before any insertion; several at one place go
     ARC set, Authentication-Results, then in rspamd's order)."""
+    if not added:
+        return fields
     count = len(fields)
-    slots: dict[int, list[tuple[int, int, Header]]] = {}
+    slots: dict[int, list[tuple[int, int, Added]]] = {}
     for a in added:
         pos = _position(a.order if a.order is not None else 0, count)
-        slots.setdefault(pos, []).append((AUTH_RANK.get(a.name.lower(), 9), a.seq, Header(a.name, value_lines(a.name, a.value))))
-    out: list[Header] = []
-    for i in range(count + 1):
-        for _, _, h in sorted(slots.get(i, ()), key=lambda t: (t[0], t[1])):
-            out.append(h)
-        if i < count:
-            out.append(fields[i])
+        slots.setdefault(pos, []).append((AUTH_RANK.get(a.name.lower(), 9), a.seq, a))
+    out = list(fields)
+    for pos in sorted(slots, reverse=True):  # from the bottom, so the positions still hold
+        group = sorted(slots[pos], key=lambda t: (t[0], t[1]))
+        out[pos:pos] = [Header(a.name, value_lines(a.name, a.value)) for _, _, a in group]
     return out
 
 
@@ -403,7 +411,6 @@ def spam_headers(reply: Reply) -> list[Header]:
 class Verdict:
     decision: Any  # a Reject, or None to proceed
     what: str  # for the log line
-    changed: bool = True  # the message is rewritten
 
 
 def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
@@ -416,10 +423,10 @@ def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
         action = f"no action ({action})"
     if action == "reject" or (action in ("discard", "quarantine") and opts.discard == "reject"):
         text = reply_text(reply.smtp_message, "Spam message rejected")
-        return Verdict(reject(550, text, enhanced="5.7.1"), f"{reply.action}: 550 5.7.1 {text}", False)
+        return Verdict(reject(550, text, enhanced="5.7.1"), f"{reply.action}: 550 5.7.1 {text}")
     if action == "soft reject":
         text = reply_text(reply.smtp_message, "Try again later")
-        return Verdict(reject(451, text, enhanced="4.7.1"), f"soft reject: 451 4.7.1 {text}", False)
+        return Verdict(reject(451, text, enhanced="4.7.1"), f"soft reject: 451 4.7.1 {text}")
 
     fields = remove_indexed(msg.headers.fields, reply.remove)
     fields, spoofed = strip_spoofed(fields)
@@ -449,7 +456,7 @@ def decide(reply: Reply, msg: Message, opts: Options) -> Verdict:
 # Flags and the filter
 
 
-def positive_size(value: int) -> int:
+def size_limit(value: int) -> int:
     if value < 0:
         raise ValueError("must be >= 0")
     return value
@@ -460,9 +467,10 @@ def rspamd_url(value: str) -> str:
         if not value:
             raise ValueError("empty")
         return value
-    m = re.match(r"^https?://[^/\s]+(/\S*)?$", value)
-    if not m:
-        raise ValueError("not an http:// or https:// URL")
+    try:
+        HTTPClient(value, timeout=1)
+    except ValueError:
+        raise ValueError("not an http://HOST[:PORT] URL (https is not supported: rspamd is local)") from None
     return value
 
 
@@ -472,7 +480,7 @@ def flags() -> GoFlags:
     g.string("settings-id", "", "rspamd settings id sent with every message", metavar="ID")
     g.choice("failMode", "closed", ("open", "closed"), "rspamd unavailable: pass (open) or 451 (closed)", metavar="MODE")
     g.float("timeout", 15.0, "seconds a request to rspamd may take", validate=lookup_timeout)
-    g.int("maxSize", 10 << 20, "messages larger than this many bytes pass unscanned (0: no limit)", metavar="BYTES", validate=positive_size)
+    g.int("maxSize", 10 << 20, "messages larger than this many bytes pass unscanned (0: no limit)", metavar="BYTES", validate=size_limit)
     g.string("mtaTag", "", "MTA-Tag sent to rspamd", metavar="TAG")
     g.bool("skipAuth", False, "authenticated senders pass unscanned")
     g.choice("discard", "junk", ("junk", "reject"), "rspamd discard/quarantine: spam headers (junk) or 550", metavar="MODE")
@@ -483,15 +491,18 @@ def flags() -> GoFlags:
 class Scanner:
     """The rspamd side, shared by all sessions."""
 
-    def __init__(self, opts: Options, log: Any, client: HTTPClient | None = None) -> None:
+    def __init__(self, opts: Options, client: HTTPClient | None = None) -> None:
         self.opts = opts
-        self.log = log
         self.client = client or HTTPClient(opts.url, timeout=opts.timeout, connect_timeout=min(opts.timeout, 5.0))
         self.admd: str | None = None
 
-    async def scan(self, session: Any, msg: Message, body: bytes) -> Reply:
+    async def scan(self, session: Any, body: bytes) -> Reply:
         reply = await self.client.post("/checkv2", body, request_headers(session, self.opts, self.admd))
         return parse_reply(reply.body)
+
+
+def _qid(session: Any) -> str:
+    return f"qid={session.tx.msgid} " if session.tx is not None else ""
 
 
 def build(opts: Options, client: HTTPClient | None = None) -> Filter:
@@ -503,8 +514,9 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         on_error="fail-open" if opts.failMode == "open" else "fail-closed",
         deadline=opts.timeout + 5.0,
         max_message_size=opts.maxSize or None,
+        session_events=SESSION_EVENTS,
     )
-    scanner = Scanner(opts, lambda *a: f.log(*a), client)
+    scanner = Scanner(opts, client)
     f.scanner = scanner  # type: ignore[attr-defined]  (for tests)
     dry = " (dry run)" if opts.dryRun else ""
 
@@ -518,14 +530,13 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
 
     @f.on_message
     async def scan(session, msg):
-        tx = session.tx
-        qid = f"qid={tx.msgid} " if tx is not None else ""
+        qid = _qid(session)
         if opts.skipAuth and session.authenticated:
             f.log(f"{qid}user={session.auth_user}: authenticated, not scanned", session.id)
             return None
         body = msg.as_bytes()
         try:
-            reply = await scanner.scan(session, msg, body)
+            reply = await scanner.scan(session, body)
         except (HTTPError, ReplyError) as exc:
             return failed(session, msg, qid, str(exc))
         score = f"score={reply.score:.2f}/{reply.required:.2f}"
@@ -540,19 +551,21 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
 
     @f.on_oversize
     def oversize(session, size):
-        tx = session.tx
-        qid = f"qid={tx.msgid} " if tx is not None else ""
+        qid = _qid(session)
         f.log(f"{qid}larger than -maxSize {opts.maxSize} (over {size} bytes): passed unscanned", session.id)
 
     def failed(session, msg, qid: str, why: str):
-        if opts.failMode == "open" or opts.dryRun:
+        if opts.failMode == "open":
+            what = "passed unscanned (-failMode open)"
+            decision = None
             if not opts.dryRun:
                 fields, _ = strip_spoofed(msg.headers.fields)
                 msg.headers.fields = [Header("X-Spam-Status", [f"X-Spam-Status: {UNKNOWN_STATUS}".encode()])] + fields
-            f.log(f"{qid}rspamd failed ({why}): passed unscanned (-failMode open){dry}", session.id)
-            return None
-        f.log(f"{qid}rspamd failed ({why}): 451 (-failMode closed)", session.id)
-        return reject(451, "Try again later (spam filter unavailable)", enhanced="4.7.1")
+        else:
+            what = "451 (-failMode closed)"
+            decision = reject(451, "Try again later (spam filter unavailable)", enhanced="4.7.1")
+        f.log(f"{qid}rspamd failed ({why}): {what}{dry}", session.id)
+        return None if opts.dryRun else decision
 
     return f
 

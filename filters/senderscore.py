@@ -44,6 +44,7 @@ One log line per decision on stderr, keyed by session id.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import sys
 import time
@@ -316,9 +317,10 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
             await asyncio.sleep(wait)
         return decision
 
-    @f.on("connect")
-    async def connect(session, rdns, src):
-        score = await ss.score(session)
+    def decide(session, score: Score) -> Any:
+        """The connect answer for a score: the decision, or (with a
+        -slowFactor delay) an awaitable that waits, then gives it."""
+        session.data[KEY] = score
         decision: Any = None
         verdict = "proceed"
         if ss.opts.blockPhase == "connect" and ss.blocked(score):
@@ -327,13 +329,26 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
             decision, verdict = junk(), f"junk (below {ss.opts.junkBelow})"
         elif ss.blocked(score):
             verdict = f"proceed, disconnect at {ss.opts.blockPhase} (below {ss.opts.blockBelow})"
+        wait = ss.delay(score)
         if score.source != "local":
-            wait = ss.delay(score)
             slow = f", delay {wait * 1000:.0f}ms" if wait else ""
             f.log(f"connect addr={session.src.host if session.src else '?'} {score.describe()}: {verdict}{slow}{dry}", session.id)
         if opts.dryRun:
             decision = None
-        return await answer(session, "connect", decision, score)
+        return answer(session, "connect", decision, score) if wait else decision
+
+    async def look_up_then_decide(session) -> Any:
+        result = decide(session, await ss.score(session))
+        return await result if inspect.isawaitable(result) else result
+
+    @f.on("connect")
+    def connect(session, rdns, src):
+        # A score known without asking DNS (cache, allowlist, test mode,
+        # local, IPv6) is answered at once; only a lookup costs a task.
+        score = session.data.get(KEY) or ss.immediate(session)
+        if score is None:
+            return look_up_then_decide(session)
+        return decide(session, score)
 
     def phase_handler(phase: str):
         blocking = phase == ss.opts.blockPhase and phase != "connect"

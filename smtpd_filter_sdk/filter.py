@@ -28,6 +28,7 @@ from . import protocol
 from .log import Logger
 from .responses import FAILURE_POLICIES
 from .session import TRACKED_EVENTS
+from .tracking import FIELD_EVENTS, events_for, fields_read
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,11 +95,13 @@ class Filter:
     every filter output line after 2,047 bytes.  ``"warn"`` logs such
     messages, ``"reject"`` refuses them at commit.
 
-    ``session_events``: the report events whose state (``session.src``,
-    ``.authenticated``, ``.tx``, ...) the filter reads; None (the default)
-    tracks them all.  smtpd then sends only those (plus ``link-disconnect``
-    and ``tx-reset``, which free state): on small messages the 15 report
-    lines a session would bring cost as much as its data lines.
+    ``track``: which session fields the SDK keeps up to date (and so which
+    report events it asks smtpd for).  By default it finds out from the
+    handlers' code (``tracking.fields_read``); ``"all"`` tracks every field;
+    a list of field names (``["src", "helo"]``) is for a handler that hands
+    the session to code the SDK cannot look into.  ``session_events`` (report event names rather than fields)
+    overrides it; on small messages the 15 report lines a session would
+    bring cost as much as its data lines, so ask only for what is read.
 
     ``max_message_size``: the most bytes (dot-stuffed lines + CRLF, as on
     the SMTP wire) the SDK buffers of one message for ``on_message``,
@@ -118,6 +121,7 @@ class Filter:
         legacy_long_lines: str = "warn",
         max_message_size: int | None = None,
         session_events: Iterable[str] | None = None,
+        track: str | Iterable[str] | None = None,
     ) -> None:
         if on_error not in FAILURE_POLICIES:
             raise ValueError(f"on_error must be one of {FAILURE_POLICIES}, not {on_error!r}")
@@ -125,6 +129,14 @@ class Filter:
             raise ValueError("legacy_long_lines must be 'warn' or 'reject'")
         if not deadline > 0:
             raise ValueError("deadline must be positive")
+        if isinstance(track, str) and track != "all":
+            raise ValueError('track must be "all", None or a list of session fields')
+        if track is not None and track != "all":
+            track = frozenset(track)
+            unknown = track - FIELD_EVENTS.keys() - {"id", "subsystem", "data"}
+            if unknown:
+                raise ValueError(f"not session fields the SDK tracks: {sorted(unknown)}; one of {sorted(FIELD_EVENTS)}")
+        self.track = track
         self.name = name
         self.on_error = on_error
         self.deadline = float(deadline)
@@ -300,14 +312,40 @@ class Filter:
             (self.data_line_handler, self.headers_handler, self.message_handler, self.stream_handler)
         )
 
-    def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
-        if self.session_events is None:
-            tracked = TRACKED_EVENTS
+    def tracked_events(self) -> set[str]:
+        """The smtp-in events session state needs: those that fill the
+        fields the handlers read (see ``track``), link-disconnect (the
+        session is freed there) and, for message handlers, tx-reset (the
+        message's state is dropped there)."""
+        if self.track == "all":
+            fields = None
+        elif self.track is not None:
+            fields = set(self.track)
         else:
+            handlers = [h.fn for hs in (*self.phase_handlers.values(), *self.report_handlers.values()) for h in hs]
+            handlers += [
+                h.fn
+                for h in (
+                    self.data_line_handler, self.headers_handler, self.message_handler,
+                    self.stream_handler, self.oversize_handler,
+                )
+                if h
+            ]
+            fields = fields_read(handlers)
+        events = set(TRACKED_EVENTS) if fields is None else events_for(fields)
+        events.add("link-disconnect")
+        if self.handles_data:
+            events.add("tx-reset")
+        return events
+
+    def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
+        if self.session_events is not None:
             unknown = set(self.session_events) - TRACKED_EVENTS
             if unknown:
                 raise ValueError(f"not a session-state event: {sorted(unknown)}; one of {sorted(TRACKED_EVENTS)}")
             tracked = ALWAYS_TRACKED.union(self.session_events)
+        else:
+            tracked = self.tracked_events()
         reports = {("smtp-in", event) for event in tracked}
         reports.update(self.report_handlers)
         if any(sub == "smtp-out" for sub, _ in reports):

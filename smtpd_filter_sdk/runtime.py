@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from . import protocol as p
 from .filter import LEGACY_LINE_CUT, LINE_TOO_LONG, Filter, Handler
-from .log import describe_line
+from .log import Logger, describe_line
 from .message import Headers, Message, stuff, unstuff
 from .responses import Decision, Proceed, Reject, failure_decision, is_decision, refusal
 from .session import Session, SessionTable, apply_report
@@ -51,7 +51,7 @@ _RUN_MIN = 16
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 #: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
-#: session (line handler, or held for on_message_stream) or None for
+#: session (line handler, or a message the SDK holds) or None for
 #: pass-through, stream).
 _FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
 
@@ -153,6 +153,10 @@ class Engine:
         # None for pass-through, stream) for the streams whose lines the hot
         # loop in feed() handles; kept in step by _set_mode.
         self._fast: dict[bytes, _FastEntry] = {}
+        # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, stream) for
+        # streams buffering their header block: the hot loop hands their
+        # lines to _header_line without the general path's split and checks.
+        self._header_lane: dict[bytes, tuple[bytes, bytes, int, _Stream]] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # on_start tasks, alive until EOF
@@ -164,8 +168,11 @@ class Engine:
         self._owed: dict[asyncio.Task[Any], tuple[p.Request, Session]] = {}
         self._phase_handlers = filt.phase_handlers
         self._report_handlers = filt.report_handlers
+        self._quiet_events = {b"link-disconnect", b"tx-reset"} - {e.encode() for _, e in filt.report_handlers}
         reports, phases = filt.registrations()
         self._reports, self._phases = reports, phases
+        #: registered phases without a handler: answered proceed at once
+        self._unhandled = {ph.encode() for ph in phases if ph not in filt.phase_handlers and ph != "data-line"}
         self._data_mode = (
             _MESSAGE
             if filt.message_handler
@@ -213,6 +220,8 @@ class Engine:
         """
         handle = self.handle_line
         fast_get = self._fast.get
+        lane_get = self._header_lane.get
+        header_block = self._header_block
         out_append = self.out.append
         line_handler = self.filter.data_line_handler
         line_fn = line_handler.fn if line_handler is not None else None
@@ -246,7 +255,14 @@ class Engine:
                     fast = fast_get(rest[:_FAST_KEY])
                     if fast is None or not rest.startswith(fast[0]):
                         ids = b"\n"
-                        handle(line)
+                        lane = lane_get(rest[:_FAST_KEY])
+                        if lane is not None and rest.startswith(lane[0]) and len(rest) <= lane[2] and rest != lane[1]:
+                            at = end - length_hint(it)  # the line after this one
+                            after = header_block(lines, at - 1, len(line) - len(rest), lane)
+                            if after > at:
+                                it.__setstate__(after)  # type: ignore[attr-defined]
+                        else:
+                            handle(line)
                         continue
                     ids, dot_rest, rest_room, session, stream = fast
                     if session is None and len(rest) <= rest_room and rest != dot_rest:
@@ -288,14 +304,55 @@ class Engine:
                             self._line_result(stream, payload, result)
                             ids = b"\n"
                         continue
-                    # A held stream (on_message_stream): keep the raw line.
+                    # A message the SDK holds (header block, whole message,
+                    # watched body): buffer the line.
                     assert stream is not None
-                    if not self._hold(stream, rest[len(ids) :]):
-                        ids = b"\n"  # no longer held: look the stream up again
+                    if not self._buffer(stream, rest[len(ids) :]):
+                        ids = b"\n"  # held differently now: look the stream up again
                     continue
             ids = b"\n"
             handle(line)
         return len(lines), None, b""
+
+    def _header_block(self, lines: list[bytes], at: int, cut: int, lane: tuple[bytes, bytes, int, _Stream]) -> int:
+        """Buffer ``lines[at]``, a header line of a stream in the header
+        lane (its head ``filter|...|data-line|`` is ``cut`` bytes long), and
+        the lines of that stream right after it, up to the end of the header
+        block; returns the index of the next line to look at.
+
+        The run of lines is taken like ``_run`` takes one (the heads, proven
+        alike by ``_heads_match``), so each line costs a slice and a few
+        checks, not a split and two lookups.  It stops before a final ``.``
+        or a line too long to echo (the general path handles those) and
+        after the line that ends the header block, which hands the block to
+        the handler (``_header_line``'s rule)."""
+        ids, _, _, stream = lane
+        width = cut + len(ids)
+        marker = b"|data-line|" + ids
+        where = width - len(marker)
+        end = len(lines)
+        j = at + 1
+        while j < end and lines[j].startswith(marker, where) and len(lines[j]) != width + 1:
+            j += 1
+            if len(lines[j - 1]) == width:  # an empty line: the header block ends there
+                break
+        run = lines[at:j]
+        if len(run) > 1 and not _heads_match(run, lines[at][:width], marker):
+            run = run[:1]
+        buffer, room = stream.buffer, stream.room
+        for k, payload in enumerate(map(itemgetter(slice(width, None)), run)):
+            if len(payload) > room or payload == b".":
+                return at + k
+            stream.size += len(payload) + 2
+            if stream.size > self._max_size:
+                self._oversize(stream, payload)
+                return at + k + 1
+            text = payload[1:] if payload[:1] == b"." else payload
+            if text == b"" or (buffer and text[:1] not in (b" ", b"\t") and b":" not in text):
+                self._run_message_handler(stream, pending=[payload])
+                return at + k + 1
+            buffer.append(text)
+        return at + len(run)
 
     def _run(self, lines: list[bytes], at: int, fast: _FastEntry, model: bytes) -> int:
         """Answer the run of ``lines`` from ``at`` on that continue
@@ -367,6 +424,8 @@ class Engine:
                 parts = line.split(b"|", 7)
                 if len(parts) == 8 and parts[4] == b"data-line":
                     self._data_line(parts)
+                elif len(parts) == 8 and parts[4] in self._unhandled and self._proceed(parts):
+                    pass
                 else:
                     self._request(line)
             elif line[:7] == b"report|":
@@ -492,6 +551,19 @@ class Engine:
     # -- reports -----------------------------------------------------------
 
     def _report(self, line: bytes) -> None:
+        parts = line.split(b"|", 6)
+        if len(parts) >= 6 and parts[4] in self._quiet_events and parts[0] == b"report" and p.rules_for(parts[1]):
+            # The two events every session brings that no handler wants and
+            # whose fields the state does not need: no record is built.
+            if len(parts) == 6 and parts[4] == b"link-disconnect":
+                self._forget(p.decode_field(parts[5]))
+                return
+            if len(parts) == 7 and parts[4] == b"tx-reset" and parts[3] == b"smtp-in":
+                sid = p.decode_field(parts[5])
+                self.sessions.get(sid).tx = None
+                self._verdicts.pop(sid, None)
+                self._drop_stream(parts[5])
+                return
         parts, subsystem, event, params = p.split_report(line)
         sid = p.decode_field(parts[5])
         session = self.sessions.get(sid, subsystem)
@@ -536,6 +608,21 @@ class Engine:
         self._drop_stream(sid.encode())
 
     # -- requests ----------------------------------------------------------
+
+    def _proceed(self, parts: list[bytes]) -> bool:
+        """A request of a phase registered without a handler (commit, for a
+        message filter): ``proceed``, unless the message was refused; no
+        record.  False: take the general path."""
+        rules = p.rules_for(parts[1])
+        sid, token = parts[5], parts[6]
+        if rules is None or parts[0] != b"filter" or not sid or not token or b"\r" in sid or b"\r" in token:
+            return False
+        key = p.decode_field(sid)
+        if key in self._verdicts:
+            return False
+        self.sessions.get(key)  # created on any line naming it
+        self.out.append(b"filter-result|" + p.response_ids(rules, sid, token) + b"|proceed")
+        return True
 
     def _request(self, line: bytes) -> None:
         req = p.parse_request(line)
@@ -708,16 +795,26 @@ class Engine:
             stream.held.append(payload)
         elif len(payload) > stream.room:
             self._too_long(stream, len(payload))  # never buffered, never handed over
-        elif mode == _WATCH:
-            self._hold(stream, payload)
         else:
-            stream.size += len(payload) + 2
-            if stream.size > self._max_size:
-                self._oversize(stream, payload)
-            elif mode == _HEADERS:
-                self._header_line(stream, payload)
-            else:
-                stream.buffer.append(unstuff(payload))
+            self._buffer(stream, payload)
+
+    def _buffer(self, stream: _Stream, payload: bytes) -> bool:
+        """A line (raw, stuffed) of a message the SDK holds: the header block
+        (on_headers, on_message_stream), the whole message (on_message) or a
+        watched body.  False once the stream is held differently (header
+        block done, past the cap, watcher failed)."""
+        mode = stream.mode
+        if mode == _WATCH:
+            return self._hold(stream, payload)
+        stream.size += len(payload) + 2
+        if stream.size > self._max_size:
+            self._oversize(stream, payload)
+            return False
+        if mode == _HEADERS:
+            self._header_line(stream, payload)
+            return stream.mode == _HEADERS
+        stream.buffer.append(unstuff(payload))
+        return True
 
     def _open_stream(self, parts: list[bytes]) -> _Stream | None:
         rules = p.rules_for(parts[1])
@@ -749,7 +846,12 @@ class Engine:
     def _set_mode(self, stream: _Stream, mode: int) -> None:
         stream.mode = mode
         key = stream.sid + b"|"
-        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES, _WATCH):
+        # The hot loop takes pass-through, line-handler and held streams; a
+        # held one only when no line handler exists (it calls that for any
+        # stream it knows with a session).  A header block has its own lane
+        # (taken in runs by _header_block), so it is not in _fast.
+        held = mode == _MESSAGE and self.filter.data_line_handler is None
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and (mode in (_PASS, _LINES, _WATCH) or held):
             ids = key + stream.token_bar
             self._fast[key] = (
                 ids,
@@ -760,8 +862,14 @@ class Engine:
             )
         else:
             self._fast.pop(key, None)
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode == _HEADERS:
+            ids = key + stream.token_bar
+            self._header_lane[key] = (ids, ids + b".", len(ids) + stream.room, stream)
+        else:
+            self._header_lane.pop(key, None)
 
     def _drop_stream(self, sid: bytes) -> None:
+        self._header_lane.pop(sid + b"|", None)
         self._streams.pop(sid, None)
         self._fast.pop(sid + b"|", None)
 
@@ -979,9 +1087,8 @@ class Engine:
         stream.fed = 1 if pending[0] == b"" else 0  # the empty line is no body
 
     def _hold(self, stream: _Stream, payload: bytes) -> bool:
-        """A body line of a watched message (raw, stuffed): kept for output,
-        shown to the watcher a batch at a time.  False once the message is no
-        longer held (past the cap, or the watcher failed)."""
+        """A body line of a watched message: kept for output as it came,
+        shown to the watcher a batch at a time."""
         stream.size += len(payload) + 2
         if stream.size > self._max_size:
             self._oversize(stream, payload)
@@ -1100,8 +1207,14 @@ class Engine:
         if verdict is not None:
             stream.verdict = verdict
         lines = content if isinstance(content, list) else content.lines()
-        for line in lines:
-            self._emit(stream, stuff(line))
+        stuffed = [b"." + line if line[:1] == b"." else line for line in lines]
+        if stuffed and max(map(len, stuffed)) <= stream.legacy_room:
+            # Every line fits: no per-line checks.
+            prefix = stream.prefix
+            self.out.extend([prefix + line for line in stuffed])
+        else:
+            for line in stuffed:
+                self._emit(stream, line)
         self._set_mode(stream, stream.after_headers)
         for payload in pending:
             if payload == b"." and stream.ended:
@@ -1246,6 +1359,10 @@ class _Driver:
     def run(self) -> int:
         loop = self.loop
         asyncio.set_event_loop(loop)
+        log = self.filter.log
+        holds = isinstance(log, Logger)  # a harness may have swapped in a plain function
+        if holds:
+            log.hold(loop)  # a chunk's log lines in one write
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         try:
@@ -1262,6 +1379,8 @@ class _Driver:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(self.engine.shutdown())
             loop.close()
+            if holds:
+                log.unhold()
         return 0
 
 

@@ -36,7 +36,7 @@ DIALECT_NAMES = list(DIALECTS)
 
 
 def helo_policy() -> Filter:
-    f = Filter("helo-policy")
+    f = Filter("helo-policy", track=["helo"])  # the tests read session.helo from outside
 
     @f.on("helo", "ehlo")
     def helo(session, identity):
@@ -290,7 +290,7 @@ def test_data_line_handler_sees_unstuffed_lines_and_output_is_restuffed():
 def test_link_auth_and_tx_fields_parse_in_every_dialect(dialect):
     # The field order of link-auth (0.7) and tx-mail/tx-rcpt (0.6) moved; a
     # '|' in the username or address must still come through whole.
-    s = Harness(Filter("plain"), dialect).session()
+    s = Harness(Filter("plain", track="all"), dialect).session()  # no handler: track="all" keeps the state
     s.ehlo("client.example.org")
     s.starttls()
     s.ehlo("client.example.org")
@@ -314,7 +314,7 @@ def test_auth_phase_gets_the_credentials():
 
 
 def test_local_and_ipv6_sessions():
-    f = Filter("where")
+    f = Filter("where", track=["src", "rdns"])  # read from outside, below
     seen = {}
     f.on("connect")(lambda s, rdns, src: seen.setdefault(s.id, (rdns, src.family, src.host)))
     h = Harness(f)

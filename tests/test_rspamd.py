@@ -27,9 +27,9 @@ def srv():
         yield s
 
 
-def make(srv, *argv: str) -> Harness:
+def make(srv, *argv: str, dialect: str = "0.6") -> Harness:
     opts = rs.flags().parse_or_raise(["-url", srv.url, "-timeout", "2", *argv])
-    return Harness(rs.build(opts), hang_timeout=15)
+    return Harness(rs.build(opts), dialect=dialect, hang_timeout=15)
 
 
 def answer(action="no action", score=0.0, required=15.0, symbols=None, **extra) -> dict:
@@ -253,7 +253,7 @@ def test_request_carries_the_whole_envelope(srv):
     assert seen.get("User") == "alice" and seen.get("Queue-Id") == m.msgid
     assert seen.get("Settings-ID") == "inbound" and seen.get("MTA-Tag") == "edge"
     assert seen.get("TLS-Version") == "TLSv1.3" and seen.get("TLS-Cipher") == "TLS_AES_256_GCM_SHA384"
-    assert seen.get("MTA-Name") and seen.get("Pass") == "all"
+    assert seen.get("MTA-Name") and seen.get("Pass") == "All"
     assert seen.body.endswith(b"\r\n") and b"\r\nSubject: s\r\n" in seen.body
 
 
@@ -449,8 +449,9 @@ GO_FILTER = "/usr/libexec/opensmtpd/filter-rspamd"
 SYMBOLS = {"GTUBE": {"score": 0.0}, "MISSING_DATE": {"score": 1.0}, "ARC_NA": {"score": 0.0}}
 
 
-def both(srv, reply: dict, **msg_kw):
-    """(Go's MessageResult, ours) for one message against the same rspamd answer."""
+def both(srv, reply: dict, dialect: str = "0.6", auth: str | None = None, **msg_kw):
+    """(Go's MessageResult, ours) for one message against the same rspamd
+    answer; ``auth``: the client authenticates as that user first."""
     import os
 
     from smtpd_filter_sdk.testing.harness import SubprocessHarness
@@ -459,10 +460,14 @@ def both(srv, reply: dict, **msg_kw):
         pytest.skip(f"{GO_FILTER} not installed (opensmtpd-filter-rspamd)")
     srv.answer(json=reply)
     out = []
-    with SubprocessHarness(f"{GO_FILTER} -url {srv.url}", hang_timeout=15) as h:
-        out.append(h.session().send_message(**msg_kw))
-    with make(srv) as h:
-        out.append(h.session().send_message(**msg_kw))
+    for h in (SubprocessHarness(f"{GO_FILTER} -url {srv.url}", dialect, hang_timeout=15), make(srv, dialect=dialect)):
+        with h:
+            s = h.session()
+            if auth:
+                s.ehlo()
+                s.auth(auth, result="pass")
+            out.append(s.send_message(**msg_kw))
+            out[-1].user_sent = srv.requests[-1].get("User")
     return out
 
 
@@ -499,3 +504,45 @@ def test_where_the_go_filter_loses_milter_headers_we_keep_them(srv):
     assert any(l.startswith(b"X-Spamd-Result") for l in ours.output_lines)
     assert [l for l in go.output_lines if l.startswith(b"X-Del")] == []
     assert [l for l in ours.output_lines if l.startswith(b"X-Del")] == [b"X-Del: two"]
+
+
+def test_a_client_gone_mid_message_leaves_nothing_behind(srv):
+    srv.answer(json=answer("reject"))
+    before = len(srv.requests)
+    with make(srv) as h:
+        s = h.session()
+        m = s.send_message(body=b"line\n" * 50, abort_after=20)
+        assert m.commit is None and s.closed
+        engine = h.transport.engine
+        assert s.state is None and not engine._streams and not engine.busy  # freed at disconnect
+        assert h.session().send_message().commit.decision == "reject"  # the next one is scanned
+    assert len(srv.requests) == before + 1  # nothing was sent for the half message
+
+
+@pytest.mark.parametrize("dialect", ["0.5", "0.6", "0.7"])
+def test_user_is_sent_after_auth_on_every_protocol_version(srv, dialect):
+    """link-auth changed its field order in 0.7; the Go filter reads it wrong there."""
+    srv.answer(json=answer())
+    with make(srv, dialect=dialect) as h:
+        s = h.session()
+        s.ehlo()
+        s.auth("carol|with|bars", result="pass")
+        assert s.send_message().accepted
+    assert srv.requests[-1].get("User") == "carol|with|bars"
+
+
+def test_on_protocol_0_7_the_go_filter_loses_the_user_and_we_do_not(srv):
+    go, ours = both(srv, answer(), dialect="0.7", auth="alice")
+    assert ours.user_sent == "alice"
+    assert go.user_sent != "alice"
+    go, ours = both(srv, answer(), dialect="0.6", auth="alice")
+    assert go.user_sent == ours.user_sent == "alice"
+
+
+def test_dry_run_with_rspamd_down_proceeds_and_says_what_it_would_do():
+    opts = rs.flags().parse_or_raise(["-url", "http://127.0.0.1:9", "-dryRun"])
+    with Harness(rs.build(opts)) as h:
+        m = h.session().send_message()
+        assert m.commit.decision == "proceed"
+        assert m.output_lines == [l for l in m.input_lines if l != b"."]
+        assert any("rspamd failed" in l and "451 (-failMode closed) (dry run)" in l for l in h.stderr)

@@ -37,7 +37,13 @@ def test_registration_follows_the_handlers():
     assert reg[-1] == b"register|ready"
     assert b"register|filter|smtp-in|helo" in reg and b"register|filter|smtp-in|ehlo" in reg
     assert b"register|report|smtp-in|protocol-client" in reg
-    assert b"register|report|smtp-in|link-connect" in reg  # session tracking
+    # the handlers read no session field: only link-disconnect (sessions are freed there)
+    assert [x for x in reg if x.startswith(b"register|report|")] == [
+        b"register|report|smtp-in|link-disconnect",
+        b"register|report|smtp-in|protocol-client",
+    ]
+    f.on("mail-from")(lambda s, address: None if s.src else None)  # reads session.src
+    assert b"register|report|smtp-in|link-connect" in Driven(f).registration
     assert b"register|filter|smtp-in|data-line" not in reg and b"register|filter|smtp-in|commit" not in reg
     assert len(reg) == len(set(reg))
 

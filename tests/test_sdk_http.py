@@ -119,13 +119,15 @@ class RawServer:
                 return
             self.accepted += 1
             with c:
-                if self.accepted == 1:
-                    self._read_request(c)
-                    c.sendall(self.first_reply)
-                    self._read_request(c)  # the reused connection's request: dropped
-                    continue
-                self._read_request(c)
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecond")
+                self._handle(c)
+
+    def _handle(self, c: socket.socket) -> None:
+        self._read_request(c)
+        if self.accepted == 1:
+            c.sendall(self.first_reply)
+            self._read_request(c)  # the reused connection's request: dropped
+            return
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecond")
 
     def close(self) -> None:
         self.sock.close()
@@ -154,3 +156,115 @@ def test_garbage_instead_of_http_is_an_io_error():
 def test_bad_arguments():
     with pytest.raises(ValueError):
         HTTPClient("http://127.0.0.1:1", timeout=0)
+
+
+class OneShot(RawServer):
+    """Answers every connection's first request with fixed bytes, then closes."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(first_reply=reply)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _handle(self, c: socket.socket) -> None:
+        self._read_request(c)
+        c.sendall(self.first_reply)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.mark.parametrize("reply, body", [
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n", b"hello world"),
+    (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"read\": \"to close\"}", b'{"read": "to close"}'),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", b""),
+    (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+], ids=["chunked", "read-to-close", "empty", "folded-header"])
+def test_answer_bodies(reply, body):
+    with OneShot(reply) as srv:
+        got = run(posts(HTTPClient(srv.url, timeout=3), 1))[0]
+    assert got.body == body
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",              # closed mid-body
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",       # bad chunk size
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Header Line\r\n\r\n",
+    b"",                                                                   # closed at once
+], ids=["short-body", "bad-chunk", "bad-length", "bad-header", "nothing"])
+def test_broken_answers_are_io_errors(reply):
+    with OneShot(reply) as srv:
+        with pytest.raises(HTTPError) as e:
+            run(posts(HTTPClient(srv.url, timeout=3), 1))
+    assert e.value.kind == "io"
+
+
+def test_headers_that_would_split_the_request_are_refused():
+    client = HTTPClient("http://127.0.0.1:9", timeout=1)
+    for name, value in (("X-A", "a\r\nX-Evil: 1"), ("Bad Name", "v"), ("X-B", "b\nc")):
+        with pytest.raises(ValueError):
+            run(client.post("/", b"", [(name, value)]))
+
+
+def test_only_http_urls_or_socket_paths():
+    for bad in ("https://127.0.0.1:11333", "http://", "http:///path"):
+        with pytest.raises(ValueError):
+            HTTPClient(bad, timeout=1)
+    assert HTTPClient("http://127.0.0.1:11333/base/", timeout=1).prefix == "/base"
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from smtpd_filter_sdk.http import parse_head  # noqa: E402
+
+tokens = st.text(st.sampled_from("abcXYZ-_0123456789!#$%&'*+.^`|~"), min_size=1, max_size=12)
+values = st.text(st.characters(min_codepoint=32, max_codepoint=255, blacklist_characters="\x7f"), max_size=30).map(str.strip)
+
+
+@given(st.sampled_from(["HTTP/1.0", "HTTP/1.1"]), st.integers(100, 599), values, st.lists(st.tuples(tokens, values), max_size=6))
+def test_parse_head_reads_back_what_a_server_writes(version, status, reason, headers):
+    head = f"{version} {status} {reason}".encode("latin-1") + b"".join(
+        f"\r\n{k}: {v}".encode("latin-1") for k, v in headers)
+    got = parse_head(head)
+    assert got[0] == status and got[2] == version
+    assert got[3] == [(k, v) for k, v in headers]
+
+
+@given(st.binary(max_size=200))
+def test_parse_head_on_garbage_is_a_value_error_or_a_status(data):
+    try:
+        status, _, version, headers = parse_head(data)
+    except ValueError:
+        return
+    assert 0 <= status <= 999 and version in ("HTTP/1.0", "HTTP/1.1")
+
+
+def test_a_host_name_is_resolved_cached_and_every_address_tried():
+    with HTTPTestServer() as srv:
+        client = HTTPClient(f"http://localhost:{srv.port}", timeout=3)  # ::1 may come first: nothing listens there
+        replies = run(posts(client, 3))
+        assert [r.status for r in replies] == [200] * 3
+        assert client._addrs is not None and "127.0.0.1" in client._addrs[1]
+
+
+def test_a_request_cancelled_mid_exchange_closes_its_connection():
+    with HTTPTestServer() as srv:
+        srv.answer(delay=2)
+        client = HTTPClient(srv.url, timeout=5)
+
+        async def cancelled():
+            task = asyncio.ensure_future(client.post("/checkv2", b"x"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            srv.answer()
+            return await client.post("/checkv2", b"y")
+
+        assert run(cancelled()).status == 200
+        assert client._idle and srv.connections == 2  # the cancelled one was not put back
+        run(client.close())

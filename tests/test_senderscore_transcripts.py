@@ -91,9 +91,7 @@ def transcripts() -> list[Transcript]:
             "score-header-on-an-empty-message",
             ["-scoreHeader"],
             [*connect(w, SID, MID), w.request(TS, "data-line", SID, TOK2, ".")],
-            # The message came before the (async) connect answer: smtpd never
-            # does that, a transcript may; its lines are answered first.
-            [w.dataline(SID, TOK2, "X-SenderScore: 42"), w.dataline(SID, TOK2, "."), result(w, SID, b"proceed")],
+            [result(w, SID, b"proceed"), w.dataline(SID, TOK2, "X-SenderScore: 42"), w.dataline(SID, TOK2, ".")],
         ),
         Transcript(
             "protocol-0.4-answers-token-first",

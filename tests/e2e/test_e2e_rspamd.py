@@ -37,17 +37,28 @@ skip_authenticated = false;
 use = ["x-spamd-result", "x-rspamd-server", "x-rspamd-queue-id", "authentication-results", "x-spamd-bar"];
 """
 ECHO_LUA = """\
--- e2e: X-E2E-Milter: <json> becomes the task's milter reply
+-- e2e: X-E2E-Milter: <json> becomes the task's milter reply;
+-- X-E2E-Request: yes gets the request headers rspamd saw back as X-E2E-Seen
 local ucl = require "ucl"
+local SEEN = {"User", "Helo", "Hostname", "MTA-Name", "Queue-Id", "Deliver-To", "TLS-Version", "TLS-Cipher", "Settings-ID"}
 rspamd_config:register_symbol({
   name = "E2E_MILTER",
   score = 0.0,
   callback = function(task)
     local hdr = task:get_header("X-E2E-Milter")
-    if not hdr then return end
-    local parser = ucl.parser()
-    if parser:parse_string(hdr) then
-      task:set_milter_reply(parser:get_object())
+    if hdr then
+      local parser = ucl.parser()
+      if parser:parse_string(hdr) then
+        task:set_milter_reply(parser:get_object())
+      end
+    end
+    if task:get_header("X-E2E-Request") then
+      local parts = {}
+      for _, name in ipairs(SEEN) do
+        local v = task:get_request_header(name)
+        if v then table.insert(parts, name .. "=" .. tostring(v)) end
+      end
+      task:set_milter_reply({add_headers = {["X-E2E-Seen"] = {value = table.concat(parts, "; "), order = 0}}})
     end
   end,
 })
@@ -184,18 +195,24 @@ def test_unix_socket_url(world, tok):
     assert opened.wait_log(r"f1: starting \(HTTPClient\('/.*normal\.sock'")
 
 
-def test_authenticated_submission_sends_user(world, tok):
+def test_authenticated_submission_sends_user_and_tls(world, tok):
     closed, _, rspamd = world
     ctx = ssl.create_default_context(cafile=str(closed.cert_path))
     with closed.submission_client() as c:
         c.starttls(context=ctx)
         c.ehlo("client.e2e.test")
         c.login(AUTH_USER, AUTH_PASSWORD)
-        c.sendmail(FROM, [TO], make_message(tok))
-    closed.maildir.wait_for(tok)
+        c.sendmail(FROM, [TO], make_message(tok, extra_headers={"X-E2E-Request": "yes"}))
+    m = closed.maildir.wait_for(tok)
     log = rspamd.log_path.read_text(errors="replace")
     line = next(ln for ln in log.splitlines() if f"<{tok}@client.e2e.test>" in ln and "rspamd_task_write_log" in ln)
     assert f"user: {AUTH_USER}" in line
+    seen = dict(kv.split("=", 1) for kv in m.headers("X-E2E-Seen")[0].split("; "))
+    assert re.fullmatch(r"[0-9a-f]{8}", seen["Queue-Id"]) and closed.log_lines(rf"f1: \S+ qid={seen['Queue-Id']} ")
+    assert seen["User"] == AUTH_USER and seen["Helo"] == "client.e2e.test"
+    assert seen["MTA-Name"] == "mx.e2e.test" and seen["Deliver-To"] == TO
+    assert seen["TLS-Version"].startswith("TLSv1.") and seen["TLS-Cipher"]
+    assert seen["Hostname"] == "localhost"  # smtpd's rDNS of 127.0.0.1
 
 
 def test_rspamd_stopped_mid_test_fail_closed_451_and_fail_open_passes(world):
