@@ -72,6 +72,22 @@ def test_add_blocks_only_what_the_filter_refuses(tmp_path):
     assert lines[1:] == ["note: 2001:db8:1::/48 blocks only where the filter runs with -ipv6Prefix 48"]
 
 
+def test_del_says_what_it_did_not_unblock(tmp_path):
+    """With -ipv6Prefix 64 the filter records the client's /64: deleting
+    the address the admin sees in the log unblocks nothing, and del says so
+    (and which entry blocks it) instead of '1 unblocked'."""
+    db = str(tmp_path / "traps.db")
+    assert run("-db", db, "add", "2001:db8:1:2::/64", "192.0.2.7")[0] == 0
+    rc, lines = run("-db", db, "del", "2001:db8:1:2::5", "192.0.2.99", "192.0.2.7")
+    assert (rc, lines) == (0, [
+        "1 unblocked",
+        "2001:db8:1:2::5: not blocked here (blocked as part of 2001:db8:1:2::/64: del that)",
+        "192.0.2.99: not blocked here",
+    ])
+    assert [ln.split("\t")[0] for ln in run("-db", db, "list")[1]] == ["2001:db8:1:2::/64"]
+    assert [ln.split("\t")[0] for ln in run("-db", db, "list", "-all")[1]] == ["2001:db8:1:2::/64", "192.0.2.7"]
+
+
 def wait_for(cond, timeout=5.0):
     end = time.monotonic() + timeout
     while not cond():
