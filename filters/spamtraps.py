@@ -372,7 +372,6 @@ LEARN = "spamtraps.learn"
 def learn_spam(f: Filter, opts: Options) -> None:
     """Send the messages of trapped sessions to rspamd's /learnspam, after
     smtpd committed them; asynchronous, failures only logged."""
-    _extra("-learnSpam", "aiohttp", "aiohttp", "rspamd")  # the SDK's HTTP client imports it at the first request
     from smtpd_filter_sdk.http import HTTPClient, HTTPError
 
     client = HTTPClient(opts.learnSpam, timeout=opts.learnTimeout)

@@ -323,7 +323,6 @@ def test_an_unusable_database_is_a_one_line_startup_error(files):
     "missing, flags, message",
     [
         ("redis", ["-redis", "redis://127.0.0.1:6379/0"], "-redis needs redis-py: pip install 'smtpd-filters[spamtraps]'"),
-        ("aiohttp", ["-learnSpam", "http://127.0.0.1:11334"], "-learnSpam needs aiohttp: pip install 'smtpd-filters[rspamd]'"),
         ("spf", ["-spf=true"], "-spf needs pyspf: pip install 'smtpd-filters[spf]' (or -spf=false)"),
     ],
 )
