@@ -84,6 +84,39 @@ def test_wrapped_handlers_are_looked_into():
     assert fields_read([blocking]) == {"tls"}
 
 
+def test_getattr_with_the_name_written_out_is_an_ordinary_read():
+    def handler(session, address):
+        return getattr(session, "helo", None), getattr(session.tx, "rcpts")
+
+    assert fields_read([handler]) == {"helo", "tx.msgid", "tx.rcpts"}
+    passed_on = lambda session, name: sorted(map(getattr, [session], [name]))  # noqa: E731
+    assert fields_read([passed_on]) is None  # getattr itself handed on: cannot tell
+
+
+class Keeper:
+    """Gets the session in its constructor, reads it in a method nobody
+    calls by name (as a MessageWatcher's end())."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def end(self, headers):
+        return self.session.tls, self.session.tx.envelopes
+
+
+def test_a_class_the_handler_refers_to_is_looked_into_whole():
+    assert fields_read([lambda session, headers: Keeper(session)]) == {"tls", "tx.msgid", "tx.envelopes"}
+
+    def local(session, headers):
+        class Inline:
+            def end(self, headers):
+                return session.greeting
+
+        return Inline()
+
+    assert fields_read([local]) == {"greeting"}
+
+
 @pytest.mark.parametrize(
     "handler",
     [
