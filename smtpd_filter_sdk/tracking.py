@@ -244,25 +244,32 @@ class _Walker:
 #: What may stand between ``getattr(`` and the attribute's name for the name
 #: to count as written out: loading the object (``getattr(self.opts, "x")``).
 _OBJECT_LOADS = frozenset(
-    {"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_GLOBAL", "LOAD_NAME",
-     "LOAD_ATTR", "LOAD_CONST", "PUSH_NULL", "COPY_FREE_VARS", "EXTENDED_ARG", "CACHE"}
+    {"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF", "LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "PUSH_NULL",
+     "EXTENDED_ARG"}
 )
+#: A default: one plain value (``getattr(x, "name", None)``).
+_DEFAULT_LOADS = _OBJECT_LOADS | {"LOAD_CONST", "LOAD_SMALL_INT"}
+_CALLS = frozenset({"PRECALL", "CALL", "CALL_FUNCTION"})
 
 
 def _getattr_constants(ops: list[dis.Instruction]) -> set[str] | None:
     """The names ``getattr(obj, "name"[, default])`` calls in ``ops`` read;
-    None if a ``getattr`` is used any other way (a computed name, or the
-    function itself passed on)."""
+    None if a ``getattr`` is used any other way (a computed name such as
+    ``"x_" + kind``, or the function itself passed on)."""
     out: set[str] = set()
     for n, op in enumerate(ops):
         if op.argval != "getattr" or op.opname not in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF"):
             continue
         k = n + 1
-        while k < len(ops) and ops[k].opname in _OBJECT_LOADS and ops[k].opname != "LOAD_CONST":
+        while k < len(ops) and ops[k].opname in _OBJECT_LOADS:
             k += 1
-        if k == n + 1 or k >= len(ops) or ops[k].opname != "LOAD_CONST" or not isinstance(ops[k].argval, str):
+        name = ops[k] if n + 1 < k < len(ops) else None
+        if name is None or name.opname != "LOAD_CONST" or not isinstance(name.argval, str):
             return None
-        out.add(ops[k].argval)
+        after = [o.opname for o in ops[k + 1 : k + 3]]
+        if not (after[:1] and after[0] in _CALLS or len(after) == 2 and after[0] in _DEFAULT_LOADS and after[1] in _CALLS):
+            return None
+        out.add(name.argval)
     return out
 
 

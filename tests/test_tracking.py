@@ -91,6 +91,8 @@ def test_getattr_with_the_name_written_out_is_an_ordinary_read():
     assert fields_read([handler]) == {"helo", "tx.msgid", "tx.rcpts"}
     passed_on = lambda session, name: sorted(map(getattr, [session], [name]))  # noqa: E731
     assert fields_read([passed_on]) is None  # getattr itself handed on: cannot tell
+    assert fields_read([lambda session, kind: getattr(session, "auth_" + kind)]) is None  # a computed name
+    assert fields_read([lambda session, d: getattr(session, "tls", d.fallback())]) is None  # cannot tell what the default is
 
 
 class Keeper:
