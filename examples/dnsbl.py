@@ -60,7 +60,7 @@ def listing(answer):
 def build(zones, action="junk", resolver=None) -> Filter:
     resolver = resolver or Resolver(timeout=2.0)
     # the deadline covers the slowest zone: queries run in parallel
-    f = Filter("dnsbl", on_error="fail-open", deadline=resolver.timeout + 1.0, session_events={"link-connect"})
+    f = Filter("dnsbl", on_error="fail-open", deadline=resolver.timeout + 1.0)
 
     async def lookup(ip):
         """{zone: [codes]} of the zones that list ip; problems are logged."""

@@ -62,8 +62,9 @@ def client_key(ip):
 
 
 def build(limit, window, max_clients=100_000, clock=time.monotonic) -> Filter:
-    # reads session.src and session.authenticated: smtpd need send no other reports
-    f = Filter("rate-limit", session_events={"link-connect", "link-auth"})
+    # reads session.src and session.authenticated: the SDK sees that and asks
+    # smtpd for link-connect and link-auth reports, no others
+    f = Filter("rate-limit")
     seen = SlidingWindow(window, max_clients, clock)
 
     @f.on("rcpt-to")

@@ -46,8 +46,9 @@ def why_refused(identity, our_names, allow_literals=False, pattern=None):
 
 
 def build(our_names=(), allow_literals=False, pattern=None) -> Filter:
-    # reads session.greeting only: smtpd need send no other reports
-    f = Filter("reject-helo", session_events={"link-greeting"})
+    # reads session.greeting only: the SDK sees that and asks smtpd for
+    # link-greeting reports, no others
+    f = Filter("reject-helo")
     configured = {n.lower().rstrip(".") for n in our_names}
 
     @f.on("helo", "ehlo")

@@ -215,12 +215,13 @@ def envelope_domain(session: Any) -> str | None:
 
 
 def build(opts: FlagValues, keys: Keys) -> Filter:
-    # smtpd sends only the reports whose state the flags need: on 50-line
-    # mail the 15 others would cost as much as the message's lines.
-    needs = {"link-connect", "link-auth"} if opts.authOnly else set()
+    # The session fields the flags make start() read: the code reads them
+    # all, whatever the flags, so the SDK could not tell the difference, and
+    # on 50-line mail each report event not needed costs as much as a line.
+    reads = ["authenticated", "is_local"] if opts.authOnly else []
     if opts.aligned:
-        needs |= {"tx-begin", "tx-mail"}
-    f = Filter("dkimsign", on_error="fail-open", max_message_size=opts.maxSize, session_events=needs)
+        reads.append("tx.mail_from")
+    f = Filter("dkimsign", on_error="fail-open", max_message_size=opts.maxSize, track=reads)
     f.keys = keys  # type: ignore[attr-defined]  (for tests)
     oversign = dkim.SINGLETONS if opts.oversign == "singletons" else header_list(opts.oversign, "oversign", need_from=False)
     shape = dkim.Options(

@@ -83,9 +83,6 @@ SPOOFABLE = re.compile(r"^x-(spam|spam-.*|spamd-.*|rspamd-.*)$", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII, no colon, no space
 TESTS_WIDTH = 68  # filter-rspamd folds tests=[...] at this many characters
 UNKNOWN_STATUS = "Unknown (not scanned: rspamd unavailable)"
-#: what request_headers reads (the Go filter's set, plus link-tls): smtpd
-#: sends nothing else, so a session costs no more report lines than there
-SESSION_EVENTS = ("link-connect", "link-greeting", "link-identify", "link-tls", "link-auth", "tx-begin", "tx-mail", "tx-rcpt")
 
 
 # --------------------------------------------------------------------------
@@ -514,7 +511,6 @@ def build(opts: Options, client: HTTPClient | None = None) -> Filter:
         on_error="fail-open" if opts.failMode == "open" else "fail-closed",
         deadline=opts.timeout + 5.0,
         max_message_size=opts.maxSize or None,
-        session_events=SESSION_EVENTS,
     )
     scanner = Scanner(opts, client)
     f.scanner = scanner  # type: ignore[attr-defined]  (for tests)

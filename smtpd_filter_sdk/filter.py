@@ -28,14 +28,9 @@ from . import protocol
 from .log import Logger
 from .responses import FAILURE_POLICIES
 from .session import TRACKED_EVENTS
-from .tracking import FIELD_EVENTS, events_for, fields_read
+from .tracking import check_fields, events_for, fields_read
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Registered whatever ``session_events`` says: they free per-session state
-#: (a message's stream and verdict end at tx-reset, the session at
-#: link-disconnect).
-ALWAYS_TRACKED = frozenset({"link-disconnect", "tx-reset"})
 
 #: Phases a handler can be attached to with ``@f.on`` (data lines and whole
 #: messages have their own decorators).
@@ -95,13 +90,17 @@ class Filter:
     every filter output line after 2,047 bytes.  ``"warn"`` logs such
     messages, ``"reject"`` refuses them at commit.
 
-    ``track``: which session fields the SDK keeps up to date (and so which
-    report events it asks smtpd for).  By default it finds out from the
-    handlers' code (``tracking.fields_read``); ``"all"`` tracks every field;
-    a list of field names (``["src", "helo"]``) is for a handler that hands
-    the session to code the SDK cannot look into.  ``session_events`` (report event names rather than fields)
-    overrides it; on small messages the 15 report lines a session would
-    bring cost as much as its data lines, so ask only for what is read.
+    ``track``: which session fields the SDK keeps up to date, and so which
+    report events it asks smtpd for (on small messages the 15 report lines
+    a session would bring cost as much as its data lines).  By default
+    (None) it finds out from the handlers' code, the watchers and helpers
+    they reach included (``tracking.fields_read``).  ``"all"`` tracks every
+    field.  A list of field names (``["src", "helo", "tx.mail_from"]``;
+    ``"tx"`` is the whole transaction) replaces what the code shows: for a
+    handler that hands the session to code the SDK cannot look into, or
+    whose reads depend on flags.  A name that is not a field is a
+    ValueError here.  link-disconnect (the session is freed there) and, for
+    message handlers, tx-reset are always registered.
 
     ``max_message_size``: the most bytes (dot-stuffed lines + CRLF, as on
     the SMTP wire) the SDK buffers of one message for ``on_message``,
@@ -120,7 +119,6 @@ class Filter:
         deadline: float = 5.0,
         legacy_long_lines: str = "warn",
         max_message_size: int | None = None,
-        session_events: Iterable[str] | None = None,
         track: str | Iterable[str] | None = None,
     ) -> None:
         if on_error not in FAILURE_POLICIES:
@@ -129,20 +127,12 @@ class Filter:
             raise ValueError("legacy_long_lines must be 'warn' or 'reject'")
         if not deadline > 0:
             raise ValueError("deadline must be positive")
-        if isinstance(track, str) and track != "all":
-            raise ValueError('track must be "all", None or a list of session fields')
-        if track is not None and track != "all":
-            track = frozenset(track)
-            unknown = track - FIELD_EVENTS.keys() - {"id", "subsystem", "data"}
-            if unknown:
-                raise ValueError(f"not session fields the SDK tracks: {sorted(unknown)}; one of {sorted(FIELD_EVENTS)}")
-        self.track = track
+        self.track = track if track is None or track == "all" else check_fields(track)
         self.name = name
         self.on_error = on_error
         self.deadline = float(deadline)
         self.legacy_long_lines = legacy_long_lines
         self.max_message_size = max_message_size
-        self.session_events = session_events
         self.log = Logger(name)
         self.phase_handlers: dict[str, list[Handler]] = {}
         self.report_handlers: dict[tuple[str, str], list[Handler]] = {}
@@ -339,14 +329,7 @@ class Filter:
         return events
 
     def registrations(self) -> tuple[set[tuple[str, str]], set[str]]:
-        if self.session_events is not None:
-            unknown = set(self.session_events) - TRACKED_EVENTS
-            if unknown:
-                raise ValueError(f"not a session-state event: {sorted(unknown)}; one of {sorted(TRACKED_EVENTS)}")
-            tracked = ALWAYS_TRACKED.union(self.session_events)
-        else:
-            tracked = self.tracked_events()
-        reports = {("smtp-in", event) for event in tracked}
+        reports = {("smtp-in", event) for event in self.tracked_events()}
         reports.update(self.report_handlers)
         if any(sub == "smtp-out" for sub, _ in reports):
             # smtp-out reports create sessions too: free them at link-disconnect

@@ -327,6 +327,22 @@ def test_aligned(published, sender, signed):
     assert bool(Run(f, message(), mail_from=sender).signatures) is signed
 
 
+def test_auth_only_and_aligned_get_what_they_read_from_the_reports_they_register(published):
+    # the simulator sends only the report events the filter registered, as smtpd does
+    from smtpd_filter_sdk.testing.harness import Harness
+
+    f = make_filter(published, "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org", "-authOnly", "-aligned")
+    headers = {"From": "bob@example.org", "Subject": "s"}
+    with Harness(f) as h:
+        s = h.session(src="192.0.2.7")
+        s.ehlo("client.example")
+        assert s.auth("bob").ok
+        signed = s.send_message("bob@example.org", ["alice@example.net"], headers=headers)
+        elsewhere = s.send_message("bob@evil.example", ["alice@example.net"], headers=headers)
+        anonymous = h.session(src="192.0.2.8").send_message("bob@example.org", ["alice@example.net"], headers=headers)
+    assert [bool([x for x in m.headers_added() if x.startswith("DKIM-Signature:")]) for m in (signed, elsewhere, anonymous)] == [True, False, False]
+
+
 def test_plain_signing_asks_smtpd_for_no_report_it_does_not_need(published):
     reports, phases = make_filter(published, "-s", "rsa1", "-k", "KEYS/rsa.key", "-d", "example.org").registrations()
     assert {event for _, event in reports} == {"link-disconnect", "tx-reset"} and phases == {"data-line", "commit"}

@@ -236,13 +236,16 @@ def test_rate_limit_counts_an_ipv6_client_by_its_64_and_spares_authenticated_one
 
 
 def test_the_small_examples_ask_smtpd_only_for_the_reports_they_read():
-    freeing = {"link-disconnect", "tx-reset"}  # always: they end per-session state
+    # derived from what their handlers read; link-disconnect always (the
+    # session is freed there), tx-reset only where a message is held
     with Harness(rate_limit.build(3, 60)) as h:
-        assert h.reports == freeing | {"link-connect", "link-auth"}
+        assert h.reports == {"link-disconnect", "link-connect", "link-auth"}  # session.src, session.authenticated
     with Harness(reject_helo.build()) as h:
-        assert h.reports == freeing | {"link-greeting"}
+        assert h.reports == {"link-disconnect", "link-greeting"}  # session.greeting
     with Harness(dnsbl.build(["bl.test"], "junk", Resolver(["127.0.0.1:9"], timeout=0.1))) as h:
-        assert h.reports == freeing | {"link-connect"}
+        assert h.reports == {"link-disconnect", "link-connect"}  # session.src
+    with Harness(dnsbl.build(["bl.test"], "header", Resolver(["127.0.0.1:9"], timeout=0.1))) as h:
+        assert h.reports == {"link-disconnect", "link-connect", "tx-reset"}  # + on_headers
 
 
 def test_sliding_window_forgets_the_oldest_clients_first():

@@ -10,6 +10,7 @@ from enginekit import Driven
 from smtpd_filter_sdk import Filter, reject
 from smtpd_filter_sdk.message import stuff
 from smtpd_filter_sdk.protocol import is_fatal_output
+from smtpd_filter_sdk.testing.harness import Harness
 
 SID, TOK = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
 TS = "1795218811.493169"
@@ -202,18 +203,56 @@ def test_stream_handler_registers_data_lines_and_a_plain_filter_does_not():
     assert b"register|filter|smtp-in|data-line" not in Driven(g).registration
 
 
-def test_session_events_register_only_what_the_filter_reads():
-    f = Filter("t", session_events=["link-auth"])
+def reports_of(f):
+    return {line.split(b"|")[3].decode() for line in Driven(f).registration if line.startswith(b"register|report|")}
+
+
+def test_track_registers_only_the_fields_given():
+    f = Filter("t", track=["authenticated"])
     f.on_message_stream(lambda s, h: None)
-    reports = {line.split(b"|")[3] for line in Driven(f).registration if line.startswith(b"register|report|")}
-    assert reports == {b"link-auth", b"link-disconnect", b"tx-reset"}
+    assert reports_of(f) == {"link-auth", "link-disconnect", "tx-reset"}
     d = Driven(f)
     d.send(d.wire.link_auth(TS, SID, "bob", "pass"))
     assert d.engine.sessions.peek(SID).authenticated  # what it asked for is tracked
-    everything = {line.split(b"|")[3] for line in Driven(Filter("t", track="all")).registration if line.startswith(b"register|report|")}
-    assert b"filter-response" in everything and len(everything) == 15
-    with pytest.raises(ValueError):
-        Filter("t", session_events=["protocol-client"]).registrations()
+    everything = reports_of(Filter("t", track="all"))
+    assert "filter-response" in everything and len(everything) == 15
+
+
+class Stamper:
+    """A watcher that keeps the session and reads it only in end(): nothing
+    in the handler names the fields it reads."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def body(self, chunk):
+        pass
+
+    def end(self, headers):
+        headers.add("X-Stamp", f"helo={self.session.helo} from={self.session.tx.mail_from}")
+
+
+def test_what_a_returned_watcher_reads_is_registered_and_filled():
+    f = Filter("t")
+    f.on_message_stream(lambda session, headers: Stamper(session))
+    assert reports_of(f) == {"link-identify", "tx-begin", "tx-mail", "tx-reset", "link-disconnect"}
+    with Harness(f) as h:
+        s = h.session()
+        s.ehlo("mx.client.test")
+        out = s.send_message("alice@client.test", "bob@example.net")
+    assert b"X-Stamp: helo=mx.client.test from=alice@client.test" in out.output_lines
+
+
+def test_what_an_oversize_handler_reads_is_registered_and_filled():
+    told = []
+    f = Filter("t", max_message_size=200)
+    f.on_message_stream(lambda session, headers: None)
+    f.on_oversize(lambda session, size: told.append((session.src.host, session.tx.mail_from)))
+    assert reports_of(f) == {"link-connect", "tx-begin", "tx-mail", "tx-reset", "link-disconnect"}
+    with Harness(f) as h:
+        s = h.session(src="192.0.2.7")
+        s.send_message("alice@client.test", "bob@example.net", body=b"x" * 100 + b"\n" + b"y" * 100 + b"\n")
+    assert told == [("192.0.2.7", "alice@client.test")]
 
 
 # -- max_message_size / on_oversize -------------------------------------------------
