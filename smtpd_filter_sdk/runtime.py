@@ -424,18 +424,22 @@ class Engine:
         the body passes through."""
         buffer, cap = stream.buffer, self._max_size
         taken = len(payloads)
+        size = stream.size
         for k, payload in enumerate(payloads):
-            stream.size += len(payload) + 2
-            if stream.size > cap:
+            size += len(payload) + 2
+            if size > cap:
+                stream.size = size
                 self._oversize(stream, payload)
                 return at + k + 1
             text = payload[1:] if payload[:1] == b"." else payload
             if text == b"" or (buffer and text[:1] not in (b" ", b"\t") and b":" not in text):
+                stream.size = size
                 self._run_message_handler(stream, pending=[payload])
                 k += 1
                 break
             buffer.append(text)
         else:
+            stream.size = size
             if dot:
                 self._end_stream(stream)
                 return at + taken + 1
@@ -1292,9 +1296,9 @@ class Engine:
         lines = content if isinstance(content, list) else content.lines()
         stuffed = [b"." + line if line[:1] == b"." else line for line in lines]
         if stuffed and max(map(len, stuffed)) <= stream.legacy_room:
-            # Every line fits: no per-line checks.
+            # Every line fits: no per-line checks, one block.
             prefix = stream.prefix
-            self.out.extend([prefix + line for line in stuffed])
+            self.out.append(prefix + (b"\n" + prefix).join(stuffed))
         else:
             for line in stuffed:
                 self._emit(stream, line)
