@@ -55,7 +55,7 @@ _HELD_BLOCKS = True
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 #: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
-#: session (line handler, or a message the SDK holds) or None for
+#: session (for the line handler) or None for
 #: pass-through, stream).
 _FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
 
@@ -175,8 +175,9 @@ class Engine:
         # loop in feed() handles; kept in step by _set_mode.
         self._fast: dict[bytes, _FastEntry] = {}
         # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, stream) for
-        # streams buffering their header block: the hot loop hands their
-        # lines to _header_line without the general path's split and checks.
+        # streams whose message the SDK holds (header block, whole message,
+        # watched body): the hot loop hands their lines to _held_block, in
+        # runs, without the general path's split and checks.
         self._held_lane: dict[bytes, tuple[bytes, bytes, int, _Stream]] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
