@@ -7,7 +7,7 @@ helpers here work on *unstuffed* lines, as bytes: mail is not text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 #: Fold injected headers before this many bytes per line (RFC 5322 §2.1.1).
@@ -74,14 +74,32 @@ def _header_name(line: bytes) -> str | None:
     return name.decode("ascii", "replace")
 
 
-@dataclass
 class Headers:
-    """The header block.  Names compare case-insensitively; order is kept."""
+    """The header block.  Names compare case-insensitively; order is kept.
 
-    fields: list[Header] = field(default_factory=list)
+    ``fields`` (a list of ``Header``, yours to read, edit or replace) is
+    parsed from the block's lines when first asked for.  Until then a block
+    that is only prepended to (``add``) and cleared of names it does not
+    hold (``remove``: a look over the lowered block, in C), as a header
+    tagger does, is never split into fields: ``lines()`` gives the new
+    headers, then the lines as they came.
+    """
+
+    __slots__ = ("_fields", "_raw", "_front")
+
+    def __init__(self, fields: list[Header] | None = None) -> None:
+        self._fields: list[Header] | None = [] if fields is None else fields
+        self._raw: list[bytes] = []  # the lines not parsed yet (when _fields is None)
+        self._front: list[Header] = []  # headers prepended before they were parsed
 
     @classmethod
     def parse(cls, lines: Iterable[bytes]) -> "Headers":
+        headers = cls.__new__(cls)
+        headers._fields, headers._raw, headers._front = None, list(lines), []
+        return headers
+
+    @staticmethod
+    def _split(lines: list[bytes]) -> list[Header]:
         out: list[Header] = []
         for line in lines:
             if line[:1] in (b" ", b"\t") and out:
@@ -91,7 +109,24 @@ class Headers:
             # A line that is no header at all is kept verbatim under an empty
             # name, so nothing the client sent is lost.
             out.append(Header(name or "", [line]))
-        return cls(out)
+        return out
+
+    @property
+    def fields(self) -> list[Header]:
+        if self._fields is None:
+            self._fields = self._front + self._split(self._raw)
+            self._raw, self._front = [], []
+        return self._fields
+
+    @fields.setter
+    def fields(self, value: list[Header]) -> None:
+        self._fields, self._raw, self._front = value, [], []
+
+    def __eq__(self, other: object) -> bool:
+        return self.fields == other.fields if isinstance(other, Headers) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Headers(fields={self.fields!r})"
 
     def __iter__(self) -> Iterator[Header]:
         return iter(self.fields)
@@ -116,15 +151,24 @@ class Headers:
         result headers are added (RFC 5321 §4.4)."""
         header = Header(name, fold(name, value))
         if prepend:
-            self.fields.insert(0, header)
+            (self._front if self._fields is None else self._fields).insert(0, header)
         else:
             self.fields.append(header)
 
     def remove(self, name: str) -> int:
         """Remove every header of that name; return how many were removed."""
-        before = len(self.fields)
-        self.fields = [h for h in self.fields if h.name.lower() != name.lower()]
-        return before - len(self.fields)
+        lowered = name.lower()
+        if self._fields is None and name and name.isascii():
+            # A parsed name is ASCII (else it holds U+FFFD), so one of this
+            # name starts a line with these bytes, lowered, and a colon.
+            if b"\n" + lowered.encode() + b":" not in b"\n" + b"\n".join(self._raw).lower():
+                before = len(self._front)
+                self._front = [h for h in self._front if h.name.lower() != lowered]
+                return before - len(self._front)
+        fields = self.fields
+        kept = [h for h in fields if h.name.lower() != lowered]
+        self._fields = kept
+        return len(fields) - len(kept)
 
     def replace(self, name: str, value: str | bytes) -> None:
         """Set the first header of that name in place (or append it)."""
@@ -135,7 +179,9 @@ class Headers:
         self.add(name, value, prepend=False)
 
     def lines(self) -> list[bytes]:
-        return [line for header in self.fields for line in header.lines]
+        if self._fields is None:
+            return [line for header in self._front for line in header.lines] + self._raw
+        return [line for header in self._fields for line in header.lines]
 
 
 @dataclass

@@ -46,12 +46,16 @@ _FAST_KEY = 17
 #: Shortest run of one pass-through stream's lines answered as a block: below
 #: that, the block's fixed costs outweigh the per-line loop's.
 _RUN_MIN = 16
+#: Held messages (header blocks, whole messages, watched bodies) are taken
+#: in runs by ``_held_block``; False sends their lines down the general path
+#: one by one (the reference the differential tests compare against).
+_HELD_BLOCKS = True
 #: Every digit read as "0": two data-line heads of one stream differ only in
 #: their digits (the timestamp), so they look alike through this table.
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 #: A stream the hot loop knows: (b"SID|TOK|", b"SID|TOK|.", longest rest,
-#: session (line handler, or a message the SDK holds) or None for
+#: session (for the line handler) or None for
 #: pass-through, stream).
 _FastEntry = tuple[bytes, bytes, int, "Session | None", "_Stream"]
 
@@ -75,6 +79,23 @@ def _heads_match(run: list[bytes], model: bytes, marker: bytes) -> bool:
     width = len(model)
     heads = b"".join(map(itemgetter(slice(0, width)), run))
     return heads.translate(_DIGITS_AS_ZERO) == model.translate(_DIGITS_AS_ZERO) * k and heads.count(marker) == k
+
+
+def _run_length(lines: list[bytes], at: int, marker: bytes, where: int) -> int:
+    """How many lines from ``lines[at]`` on probably continue its stream
+    (``marker``, b"|data-line|SID|TOK|", at ``where`` in each): up to the
+    last line, or a boundary found by bisection.  A guess when streams
+    alternate; the caller's proof (``_heads_match``) decides."""
+    if lines[-1].startswith(marker, where):
+        return len(lines) - at
+    lo, hi = at, len(lines) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if lines[mid].startswith(marker, where):
+            lo = mid
+        else:
+            hi = mid
+    return hi - at
 
 
 # Data stream modes
@@ -154,9 +175,10 @@ class Engine:
         # loop in feed() handles; kept in step by _set_mode.
         self._fast: dict[bytes, _FastEntry] = {}
         # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, stream) for
-        # streams buffering their header block: the hot loop hands their
-        # lines to _header_line without the general path's split and checks.
-        self._header_lane: dict[bytes, tuple[bytes, bytes, int, _Stream]] = {}
+        # streams whose message the SDK holds (header block, whole message,
+        # watched body): the hot loop hands their lines to _held_block, in
+        # runs, without the general path's split and checks.
+        self._held_lane: dict[bytes, tuple[bytes, bytes, int, _Stream]] = {}
         self._verdicts: dict[str, Decision] = {}  # sid -> decision for commit
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # on_start tasks, alive until EOF
@@ -220,8 +242,9 @@ class Engine:
         """
         handle = self.handle_line
         fast_get = self._fast.get
-        lane_get = self._header_lane.get
-        header_block = self._header_block
+        lane_get = self._held_lane.get
+        held_block = self._held_block
+        held_blocks = _HELD_BLOCKS
         out_append = self.out.append
         line_handler = self.filter.data_line_handler
         line_fn = line_handler.fn if line_handler is not None else None
@@ -256,9 +279,15 @@ class Engine:
                     if fast is None or not rest.startswith(fast[0]):
                         ids = b"\n"
                         lane = lane_get(rest[:_FAST_KEY])
-                        if lane is not None and rest.startswith(lane[0]) and len(rest) <= lane[2] and rest != lane[1]:
+                        if (
+                            lane is not None
+                            and held_blocks
+                            and rest.startswith(lane[0])
+                            and len(rest) <= lane[2]
+                            and rest != lane[1]
+                        ):
                             at = end - length_hint(it)  # the line after this one
-                            after = header_block(lines, at - 1, len(line) - len(rest), lane)
+                            after = held_block(lines, at - 1, len(line) - len(rest), lane)
                             if after > at:
                                 it.__setstate__(after)  # type: ignore[attr-defined]
                         else:
@@ -304,55 +333,129 @@ class Engine:
                             self._line_result(stream, payload, result)
                             ids = b"\n"
                         continue
-                    # A message the SDK holds (header block, whole message,
-                    # watched body): buffer the line.
-                    assert stream is not None
-                    if not self._buffer(stream, rest[len(ids) :]):
-                        ids = b"\n"  # held differently now: look the stream up again
-                    continue
             ids = b"\n"
             handle(line)
         return len(lines), None, b""
 
-    def _header_block(self, lines: list[bytes], at: int, cut: int, lane: tuple[bytes, bytes, int, _Stream]) -> int:
-        """Buffer ``lines[at]``, a header line of a stream in the header
-        lane (its head ``filter|...|data-line|`` is ``cut`` bytes long), and
-        the lines of that stream right after it, up to the end of the header
-        block; returns the index of the next line to look at.
+    def _held_block(self, lines: list[bytes], at: int, cut: int, lane: tuple[bytes, bytes, int, _Stream]) -> int:
+        """Take ``lines[at]``, a line of a message the SDK holds (a stream in
+        the held lane: its header block for on_headers / on_message_stream,
+        the whole message for on_message, a watched body; the line's head
+        ``filter|...|data-line|`` is ``cut`` bytes long), and the lines of
+        that stream right after it, as a block; returns the index of the
+        next line to look at.
 
-        The run of lines is taken like ``_run`` takes one (the heads, proven
-        alike by ``_heads_match``), so each line costs a slice and a few
-        checks, not a split and two lookups.  It stops before a final ``.``
-        or a line too long to echo (the general path handles those) and
-        after the line that ends the header block, which hands the block to
-        the handler (``_header_line``'s rule)."""
+        The run is found and proven like ``_run``'s (``_heads_match``), so
+        each line costs a slice, not a split, two lookups and a call.  It
+        stops before a line too long to echo (the general path handles
+        those) and takes the final ``.`` only as the general path would
+        (``_end_stream``).  A header block ends as ``_header_line`` says;
+        the handler runs there, and when it leaves the body to pass through
+        (a plain on_headers), the rest of the run is answered as one block
+        too.  Held lines are counted against ``max_message_size`` as a
+        block; a run that would pass the cap goes line by line
+        (``_buffer``), so the cut falls where it always did."""
         ids, _, _, stream = lane
         width = cut + len(ids)
         marker = b"|data-line|" + ids
         where = width - len(marker)
-        end = len(lines)
-        j = at + 1
-        while j < end and lines[j].startswith(marker, where) and len(lines[j]) != width + 1:
-            j += 1
-            if len(lines[j - 1]) == width:  # an empty line: the header block ends there
-                break
-        run = lines[at:j]
+        k = _run_length(lines, at, marker, where)
+        run = lines[at : at + k] if k > 1 else [lines[at]]
         if len(run) > 1 and not _heads_match(run, lines[at][:width], marker):
             run = run[:1]
-        buffer, room = stream.buffer, stream.room
-        for k, payload in enumerate(map(itemgetter(slice(width, None)), run)):
-            if len(payload) > room or payload == b".":
-                return at + k
-            stream.size += len(payload) + 2
-            if stream.size > self._max_size:
+        lens = list(map(len, run))
+        # The final "." (a one-byte payload ending in "|."): the run ends
+        # with it.  A line too long to echo: the run stops before it.
+        dot = False
+        j = 0
+        while True:
+            try:
+                j = lens.index(width + 1, j)
+            except ValueError:
+                break
+            if run[j].endswith(b"|."):
+                del run[j:], lens[j:]
+                dot = True
+                break
+            j += 1
+        limit = width + stream.room
+        if run and max(lens) > limit:
+            n = next(i for i, size in enumerate(lens) if size > limit)
+            del run[n:], lens[n:]
+            dot = False
+        taken = len(run)
+        payloads = list(map(itemgetter(slice(width, None)), run))
+        mode = stream.mode
+        if mode == _HEADERS:
+            return self._header_run(at, width, stream, payloads, lens, dot)
+        size = stream.size + sum(lens) + (2 - width) * taken
+        if size > self._max_size:  # the cap falls inside: line by line
+            for i, payload in enumerate(payloads):
+                if not self._buffer(stream, payload):
+                    return at + i + 1
+            return at + taken
+        if mode == _MESSAGE:
+            stream.size = size
+            if payloads:
+                joined = b"\n" + b"\n".join(payloads)
+                stream.buffer += joined.replace(b"\n.", b"\n")[1:].split(b"\n")
+        else:  # _WATCH: kept as they came; the watcher sees every _WATCH_BATCH
+            kept = stream.kept
+            i = 0
+            while i < taken:
+                room = _WATCH_BATCH - (len(kept) - stream.fed)
+                stream.size += sum(lens[i : i + room]) + (2 - width) * len(lens[i : i + room])
+                kept += payloads[i : i + room]
+                i += room
+                if len(kept) - stream.fed >= _WATCH_BATCH:
+                    self._feed_watcher(stream)
+                    if stream.mode != _WATCH:  # the watcher failed: the rest streams
+                        return at + min(i, taken)
+        if dot:
+            self._end_stream(stream)
+            return at + taken + 1
+        return at + taken
+
+    def _header_run(
+        self, at: int, width: int, stream: _Stream, payloads: list[bytes], lens: list[int], dot: bool
+    ) -> int:
+        """``_held_block`` for a header block: buffer up to its end (the
+        rule and the cap of ``_header_line`` / ``_buffer``, per line), run
+        the handler there, then answer the rest of the run as one block when
+        the body passes through."""
+        buffer, cap = stream.buffer, self._max_size
+        taken = len(payloads)
+        size = stream.size
+        for k, payload in enumerate(payloads):
+            size += len(payload) + 2
+            if size > cap:
+                stream.size = size
                 self._oversize(stream, payload)
                 return at + k + 1
             text = payload[1:] if payload[:1] == b"." else payload
             if text == b"" or (buffer and text[:1] not in (b" ", b"\t") and b":" not in text):
+                stream.size = size
                 self._run_message_handler(stream, pending=[payload])
-                return at + k + 1
+                k += 1
+                break
             buffer.append(text)
-        return at + len(run)
+        else:
+            stream.size = size
+            if dot:
+                self._end_stream(stream)
+                return at + taken + 1
+            return at + taken
+        if stream.mode != _PASS:
+            return at + k  # a line handler, a watcher, an async handler: the loop goes on
+        if k < taken:
+            if max(lens[k:]) > width + stream.legacy_room:
+                return at + k  # a line smtpd < 7.4 cuts: logged by the general path
+            prefix = stream.prefix
+            self.out.append(prefix + (b"\n" + prefix).join(payloads[k:]))
+        if dot:
+            self._end_stream(stream)
+            return at + taken + 1
+        return at + taken
 
     def _run(self, lines: list[bytes], at: int, fast: _FastEntry, model: bytes) -> int:
         """Answer the run of ``lines`` from ``at`` on that continue
@@ -372,20 +475,7 @@ class Engine:
         start = width - len(ids)  # where the answer's SID|TOK|payload begins
         marker = b"|data-line|" + ids
         where = width - len(marker)  # where the marker sits in each line of the run
-        # Where the run probably ends: the last line, or a boundary found by
-        # bisection (a guess when streams alternate; the proof decides).
-        end = len(lines)
-        if lines[-1].startswith(marker, where):
-            k = end - at
-        else:
-            lo, hi = at, end - 1
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if lines[mid].startswith(marker, where):
-                    lo = mid
-                else:
-                    hi = mid
-            k = hi - at
+        k = _run_length(lines, at, marker, where)
         if k < _RUN_MIN:
             return at
         run = lines[at : at + k]
@@ -846,12 +936,10 @@ class Engine:
     def _set_mode(self, stream: _Stream, mode: int) -> None:
         stream.mode = mode
         key = stream.sid + b"|"
-        # The hot loop takes pass-through, line-handler and held streams; a
-        # held one only when no line handler exists (it calls that for any
-        # stream it knows with a session).  A header block has its own lane
-        # (taken in runs by _header_block), so it is not in _fast.
-        held = mode == _MESSAGE and self.filter.data_line_handler is None
-        if stream.fast_prefix is not None and len(key) == _FAST_KEY and (mode in (_PASS, _LINES, _WATCH) or held):
+        # The hot loop takes pass-through and line-handler streams through
+        # _fast; a message the SDK holds (header block, whole message,
+        # watched body) has its own lane, taken in runs by _held_block.
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_PASS, _LINES):
             ids = key + stream.token_bar
             self._fast[key] = (
                 ids,
@@ -862,14 +950,14 @@ class Engine:
             )
         else:
             self._fast.pop(key, None)
-        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode == _HEADERS:
+        if stream.fast_prefix is not None and len(key) == _FAST_KEY and mode in (_HEADERS, _MESSAGE, _WATCH):
             ids = key + stream.token_bar
-            self._header_lane[key] = (ids, ids + b".", len(ids) + stream.room, stream)
+            self._held_lane[key] = (ids, ids + b".", len(ids) + stream.room, stream)
         else:
-            self._header_lane.pop(key, None)
+            self._held_lane.pop(key, None)
 
     def _drop_stream(self, sid: bytes) -> None:
-        self._header_lane.pop(sid + b"|", None)
+        self._held_lane.pop(sid + b"|", None)
         self._streams.pop(sid, None)
         self._fast.pop(sid + b"|", None)
 
@@ -1209,9 +1297,9 @@ class Engine:
         lines = content if isinstance(content, list) else content.lines()
         stuffed = [b"." + line if line[:1] == b"." else line for line in lines]
         if stuffed and max(map(len, stuffed)) <= stream.legacy_room:
-            # Every line fits: no per-line checks.
+            # Every line fits: no per-line checks, one block.
             prefix = stream.prefix
-            self.out.extend([prefix + line for line in stuffed])
+            self.out.append(prefix + (b"\n" + prefix).join(stuffed))
         else:
             for line in stuffed:
                 self._emit(stream, line)

@@ -1,0 +1,274 @@
+"""Messages the SDK holds are taken in runs, not a call per line.
+
+A header block (on_headers, on_message_stream), a whole message (on_message)
+and a watched body are held until the handler can see them.  ``Engine.
+_held_block`` takes a run of one such stream's lines at once (the run proven
+like ``_run``'s blocks); after a plain on_headers it answers the rest of the
+body as one block too.  It must answer, log and show the handlers exactly
+what the general path does line by line (``runtime._HELD_BLOCKS = False``):
+these tests read like transcripts, then compare the two paths on generated
+messages with damage aimed at the run proof, the size cap and the handlers'
+failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smtpd_filter_sdk import Filter, reject, runtime
+from smtpd_filter_sdk.log import Logger
+from smtpd_filter_sdk.runtime import Engine
+from smtpd_filter_sdk.testing.wire import Wire
+
+SID, TOK = "a3785d2560151333", "e55e48d61a50a374"
+OTHER = "7641df9771b4ed01"
+HEADERS = [b"Received: from client (localhost [127.0.0.1])", b"\tby mx.test", b"From: <bob@example.org>",
+           b"X-Tag: forged", b"Subject: held runs"]
+
+
+def tagger(logs: list[bytes], cap: int | None = None, lines: bool = False) -> Filter:
+    """add_header.py's shape: remove the client's X-Tag, add ours; refuse a
+    message whose subject says so; optionally a data-line handler too."""
+    f = Filter("held", max_message_size=cap)
+    f.log = Logger("held", write=logs.append)
+
+    @f.on_headers
+    def tag(session, headers):
+        if headers.get("Subject") == "refuse me":
+            return reject("550 refused")
+        if headers.get("Subject") == "break me":
+            raise RuntimeError("broken")
+        headers.remove("X-Tag")
+        headers.add("X-Tag", "held")
+
+    if lines:
+        @f.on_data_line
+        def upper(session, line):
+            return line.upper() if line.startswith(b"shout") else None
+
+    return f
+
+
+def whole(logs: list[bytes], cap: int | None = None, lines: bool = False) -> Filter:
+    """on_message: the body's digest in a header, as a spam scanner's verdict."""
+    f = Filter("held", max_message_size=cap)
+    f.log = Logger("held", write=logs.append)
+
+    @f.on_message
+    def scan(session, message):
+        if b"boom" in b"".join(message.body):
+            raise RuntimeError("boom")
+        message.headers.add("X-Digest", hashlib.sha1(b"\n".join(message.body)).hexdigest())
+
+    f.on_oversize(lambda session, size: f.log(f"oversize at {size}", session.id))
+    return f
+
+
+def watched(logs: list[bytes], cap: int | None = None, lines: bool = False) -> Filter:
+    """on_message_stream: every chunk the watcher gets is logged (so the two
+    paths must batch alike), a chunk with "boom" makes it raise."""
+    f = Filter("held", max_message_size=cap)
+    f.log = Logger("held", write=logs.append)
+
+    class Watcher:
+        def __init__(self, sid):
+            self.sid, self.hash = sid, hashlib.sha1()
+
+        def body(self, chunk):
+            f.log(f"chunk of {len(chunk)} bytes", self.sid)
+            if b"boom" in chunk:
+                raise RuntimeError("boom")
+            self.hash.update(chunk)
+
+        def end(self, headers):
+            headers.add("X-Body-Hash", self.hash.hexdigest())
+
+    f.on_message_stream(lambda session, headers: Watcher(session.id))
+    return f
+
+
+FILTERS = {"tagger": tagger, "whole": whole, "watched": watched}
+
+
+class Fed:
+    def __init__(self, make, dialect: str = "0.6", held_blocks: bool = True, **kw) -> None:
+        self.logs: list[bytes] = []
+        self.engine = Engine(make(self.logs, **kw))
+        self.wire = Wire(dialect)
+        self.held_blocks = held_blocks
+        self.blocks = 0
+        self.feed(b"".join(line + b"\n" for line in self.wire.handshake()))
+        self.take()
+
+    def feed(self, data: bytes) -> None:
+        saved = runtime._HELD_BLOCKS
+        runtime._HELD_BLOCKS = self.held_blocks
+        try:
+            self.engine.feed(data)
+        finally:
+            runtime._HELD_BLOCKS = saved
+
+    def take(self) -> list[bytes]:
+        out, self.engine.out = self.engine.out, []
+        self.blocks += sum(1 for answer in out if b"\n" in answer)
+        return b"\n".join(out).split(b"\n") if out else []
+
+
+def stamp(i: int) -> str:
+    return "1795218812.%06d" % (327272 + 37 * i)
+
+
+def message(wire: Wire, sid: str, headers: list[bytes], body: list[bytes], first: int = 0) -> list[bytes]:
+    payloads = headers + [b""] + body + [b"."]
+    return [wire.request(stamp(first + i), "data-line", sid, TOK, p) for i, p in enumerate(payloads)]
+
+
+def as_input(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def answers(sid: str, payloads: list[bytes]) -> list[bytes]:
+    return [b"filter-dataline|%s|%s|%s" % (sid.encode(), TOK.encode(), p) for p in payloads]
+
+
+BODY = [b"line %d of the body" % i for i in range(300)]
+
+
+# -- transcripts ---------------------------------------------------------------
+
+
+def test_a_tagged_message_in_one_chunk_goes_out_in_blocks():
+    # the header block taken as one run; the edited block and the body go out as one block each
+    fed = Fed(tagger)
+    fed.feed(as_input(message(fed.wire, SID, HEADERS, BODY[:40])))
+    expected = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""] + BODY[:40] + [b"."]
+    assert fed.take() == answers(SID, expected)
+    assert fed.blocks == 2
+    assert fed.engine._streams == {} and fed.engine._held_lane == {} and fed.engine._fast == {}
+
+
+def test_a_whole_message_is_held_in_runs_and_handed_over_unstuffed():
+    body = [b"..leading dot", b"plain"] + BODY[:20]
+    fed = Fed(whole)
+    fed.feed(as_input(message(fed.wire, SID, HEADERS, body)))
+    digest = hashlib.sha1(b"\n".join([b".leading dot"] + body[1:])).hexdigest().encode()
+    assert fed.take() == answers(SID, [b"X-Digest: " + digest] + HEADERS + [b""] + body + [b"."])
+
+
+@pytest.mark.parametrize("chunk", [5000, 1 << 20])
+def test_a_watcher_sees_the_body_in_batches_of_256_lines_whatever_the_chunks(chunk):
+    fed = Fed(watched)
+    data = as_input(message(fed.wire, SID, HEADERS, BODY * 2))
+    for at in range(0, len(data), chunk):
+        fed.feed(data[at : at + chunk])
+    out = fed.take()
+    assert out[0].startswith(answers(SID, [b"X-Body-Hash: "])[0]) and out[-1] == answers(SID, [b"."])[0]
+    assert out[1:] == answers(SID, HEADERS + [b""] + BODY * 2 + [b"."])
+    sizes = [int(log.split(b"chunk of ")[1].split()[0]) for log in fed.logs if b"chunk of" in log]
+    body = BODY * 2  # in batches of 256 + 256 + 88 lines (the empty line is no body)
+    assert sizes == [sum(len(line) + 2 for line in body[i : i + 256]) for i in (0, 256, 512)]
+
+
+def test_the_cap_cuts_a_held_message_where_the_line_loop_cuts_it():
+    # the size of the first line past 1000 bytes, counted as on the wire
+    size = 0
+    for line in HEADERS + [b""] + BODY:
+        size += len(line) + 2
+        if size > 1000:
+            break
+    for held_blocks in (True, False):
+        fed = Fed(whole, held_blocks=held_blocks, cap=1000)
+        fed.feed(as_input(message(fed.wire, SID, HEADERS, BODY[:100])))
+        assert fed.take() == answers(SID, HEADERS + [b""] + BODY[:100] + [b"."])
+        assert [log for log in fed.logs if b"oversize" in log][0].endswith(b"oversize at %d\n" % size)
+
+
+def test_another_sessions_lines_inside_a_header_block_keep_their_place():
+    fed = Fed(tagger)
+    mine = message(fed.wire, SID, HEADERS, BODY[:30])
+    theirs = message(fed.wire, OTHER, HEADERS, BODY[:30])
+    fed.feed(as_input(mine[:3] + theirs + mine[3:]))
+    out = fed.take()
+    tagged = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""] + BODY[:30] + [b"."]
+    assert [a for a in out if SID.encode() in a] == answers(SID, tagged)
+    assert [a for a in out if OTHER.encode() in a] == answers(OTHER, tagged)
+
+
+# -- the run path answers what the general path does --------------------------
+
+
+def _damage(rng: random.Random, line: bytes) -> bytes:
+    """One change aimed at what the run proof checks, keeping the width."""
+    kind = rng.randrange(5)
+    if kind == 0:  # a bar for the timestamp's dot
+        return line.replace(b".", b"|", 1)
+    if kind == 1:  # another session id, one digit off
+        return line.replace(SID.encode(), SID[:-1].encode() + b"4", 1)
+    if kind == 2:  # another token
+        return line.replace(TOK.encode(), TOK[:-1].encode() + b"b", 1)
+    if kind == 3:  # another phase of the same width
+        return line.replace(b"|data-line|", b"|data-lime|", 1)
+    return line[: rng.randrange(len(line) + 1)]  # cut short
+
+
+HEADER_CHOICES = [b"Subject: refuse me", b"Subject: break me", b"X-Tag: forged", b"\tfolded on", b" folded",
+                  b"not a header", b".Dotted: header", b"..", b"Name : spaced", b"8bit: \xe9\xff|bar|"]
+BODY_CHOICES = [b"", b"..", b"x", b"..stuffed", b"shout it", b"a line of text", b"8bit \xe9|bar|",
+                b"z" * 2047, b"z" * 2100, b"y" * 100, b"From: a body line"]
+
+
+@st.composite
+def held_runs(draw):
+    make = draw(st.sampled_from(sorted(FILTERS)))
+    dialect = draw(st.sampled_from(["0.4", "0.5", "0.6", "0.7", "0.7/7.6"]))
+    cap = draw(st.sampled_from([None, None, 200, 3000, 20000]))
+    lines = draw(st.booleans())
+    wire = Wire(dialect)
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    per_session = []
+    t = 0
+    for sid in [SID, OTHER][: draw(st.integers(1, 2))]:
+        headers = [rng.choice(HEADERS + HEADER_CHOICES) for _ in range(draw(st.integers(0, 12)))]
+        body = [rng.choice(BODY_CHOICES) for _ in range(draw(st.one_of(st.integers(0, 40), st.integers(250, 600))))]
+        if body and draw(st.booleans()):  # the handler or the watcher fails on this line
+            body[rng.randrange(len(body))] = b"boom"
+        msg = message(wire, sid, headers, body, first=t)
+        if draw(st.booleans()):  # no empty line after the headers
+            del msg[len(headers)]
+        t += len(msg)
+        per_session.append(msg)
+    merged: list[bytes] = []
+    queues = [list(m) for m in per_session]
+    while any(queues):
+        q = rng.choice([q for q in queues if q])
+        take = rng.choice((1, 3, 20, 300))
+        merged += q[:take]
+        del q[:take]
+    for _ in range(draw(st.integers(0, 3))):
+        i = rng.randrange(len(merged))
+        merged[i] = _damage(rng, merged[i])
+    data = as_input(merged)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    return make, dialect, cap, lines, data, cuts
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(held_runs())
+def test_held_runs_answer_and_log_exactly_what_the_line_path_does(case):
+    make, dialect, cap, lines, data, cuts = case
+    by_run = Fed(FILTERS[make], dialect, held_blocks=True, cap=cap, lines=lines)
+    by_line = Fed(FILTERS[make], dialect, held_blocks=False, cap=cap, lines=lines)
+    for fed in (by_run, by_line):
+        at = 0
+        for cut in cuts + [len(data)]:
+            fed.feed(data[at:cut])
+            at = max(at, cut)
+    assert by_run.take() == by_line.take()
+    assert by_run.logs == by_line.logs
+    assert by_run.engine._streams.keys() == by_line.engine._streams.keys()
+    assert by_run.engine._verdicts == by_line.engine._verdicts
