@@ -62,7 +62,9 @@ class Header:
     def value(self) -> str:
         """Unfolded value, leading white space removed, as text."""
         raw = b"".join(
-            (line.split(b":", 1)[1] if i == 0 else line) for i, line in enumerate(self.lines)
+            # partition: a line in the block that is not a field (no colon;
+            # kept, nameless) has an empty value rather than raising
+            (line.partition(b":")[2] if i == 0 else line) for i, line in enumerate(self.lines)
         )
         return raw.strip().decode("utf-8", "surrogateescape")
 

@@ -145,3 +145,13 @@ def test_fold_keeps_lines_short_and_refuses_injection():
 def test_headers_parse_keeps_non_header_lines():
     h = Headers.parse([b"Received: x", b"garbage without colon"])
     assert h.lines() == [b"Received: x", b"garbage without colon"]
+
+
+def test_a_block_that_starts_with_a_line_that_is_no_field_can_still_be_asked():
+    # smtpd passes whatever the client sent: a first line without a colon is
+    # kept in the block, nameless; asking for a name must not raise.
+    h = Headers.parse([b"garbage without colon", b"Subject: hi"])
+    assert h.get("") == ""
+    assert h.get("subject") == "hi"
+    assert h.get_all("") == [""]
+    assert h.lines() == [b"garbage without colon", b"Subject: hi"]
