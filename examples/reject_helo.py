@@ -6,8 +6,10 @@
 Refused (550 5.7.1; the client may say HELO again, the session stays):
 
   * ``localhost`` and ``localhost.localdomain``;
-  * bare address literals, ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]``
+  * address literals, ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]``
     (``--allow-literals`` lets them through);
+  * bare addresses, ``192.0.2.1``: neither a name nor a literal (RFC 5321
+    wants the brackets), but smtpd lets them through and bots send them;
   * our own name: the host name smtpd greets with (taken from the
     ``link-greeting`` report, so nothing to configure) and every
     ``--our-name``; a client that says it is us is lying;
@@ -15,6 +17,7 @@ Refused (550 5.7.1; the client may say HELO again, the session stays):
 """
 
 import argparse
+import ipaddress
 import re
 
 from smtpd_filter_sdk import Filter, reject
@@ -30,6 +33,11 @@ def why_refused(identity, our_names, allow_literals=False, pattern=None):
         return "localhost"
     if LITERAL.match(identity.strip()) and not allow_literals:
         return "an address literal"
+    try:
+        ipaddress.ip_address(name)
+        return "a bare address"
+    except ValueError:
+        pass
     if name and name in our_names:
         return "our own name"
     if pattern is not None and pattern.search(identity):

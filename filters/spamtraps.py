@@ -248,8 +248,8 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
         except (sqlite3.Error, OSError) as exc:
             raise StartupError(f"{opts.db}: {exc}{_db_hint(opts.db)}") from None
     if spf is None and opts.spf:
-        _extra("-spf", "smtpd_filters.spf", "pyspf", "spf", " (or -spf=false)")
-        from smtpd_filters.spf import SpfChecker
+        _extra("-spf", "smtpd_filters.spfcheck", "pyspf", "spf", " (or -spf=false)")
+        from smtpd_filters.spfcheck import SpfChecker
 
         spf = SpfChecker(timeout=opts.spfTimeout, nameservers=opts.resolver.split(",") if opts.resolver else None)
     st = SpamTraps(opts, log, store, spf)

@@ -12,13 +12,15 @@ expired ones and deletions too).  ``add`` takes what the filter looks a
 client up by: an IPv4 address (never a network), an IPv6 address, its /64,
 or a network of the filter's ``-ipv6Prefix`` length (noted).  With ``-redis`` it lists what Redis holds
 (every MX host's traps).  ``add`` blocks a client (IPv6 networks as
-``2001:db8:1:2::/64``), ``del`` unblocks it, ``expire`` removes expired rows
+``2001:db8:1:2::/64``), ``del`` unblocks it (and names a key that was
+not blocked, with the network entry that blocks it if there is one), ``expire`` removes expired rows
 from the SQLite file.  The running filter sees changes to its SQLite file
 within ~2 s, and with ``-redis`` every MX host sees them at once (pub/sub).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import time
 from typing import Sequence
@@ -85,11 +87,31 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
             plen = key.rpartition("/")[2]
             if plen != "64":
                 notes.append(f"note: {key} blocks only where the filter runs with -ipv6Prefix {plen}")
+    redis_errors: tuple[type[BaseException], ...] = ()
+    if opts.redis:
+        try:
+            from redis.exceptions import RedisError
+
+            from smtpd_filters.trapredis import redact
+        except ImportError:
+            print(f"{PROG}: -redis needs redis-py: pip install 'smtpd-filters[spamtraps]'", file=sys.stderr)
+            return 1
+        redis_errors = (RedisError, OSError)
     try:
         store = TrapStore(opts.db, Policy(), host="admin", worker=False)
     except Exception as exc:  # noqa: BLE001
         print(f"{PROG}: {opts.db}: {exc}", file=sys.stderr)
         return 1
+    try:
+        return _run(cmd, opts, copts, keys, notes, store, out)
+    except redis_errors as exc:
+        # one line, never the password; add/del wrote SQLite before Redis
+        changed = " (the SQLite file was changed, Redis was not)" if cmd in ("add", "del") else ""
+        print(f"{PROG}: redis {redact(opts.redis)}: {exc}{changed}", file=sys.stderr)
+        return 1
+
+
+def _run(cmd: str, opts, copts, keys: list[str], notes: list[str], store: TrapStore, out) -> int:
     now = int(time.time())
     if cmd == "list":
         rows = _redis_rows(opts, now, copts.all) if opts.redis else store.rows(include_expired=copts.all)
@@ -105,14 +127,35 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
         for note in notes:
             print(note, file=out)
     elif cmd == "del":
+        blocked = {t.key for t in store.rows()}
+        done, missed = 0, []
         for key in keys:
-            store.set_expiry(key, 0)
+            if key in blocked:
+                store.set_expiry(key, 0)
+                done += 1
+                continue
+            # e.g. the address from the log, where the filter records its /64
+            nets = [k for k in blocked if _within(key, k)]
+            missed.append(f"{key}: not blocked here" + (f" (blocked as part of {', '.join(nets)}: del that)" if nets else ""))
         if opts.redis:
-            _redis_del(opts, keys)
-        print(f"{len(keys)} unblocked", file=out)
+            _redis_del(opts, keys)  # Redis may hold what this file does not
+        print(f"{done} unblocked", file=out)
+        for line in missed:
+            print(line, file=out)
     else:
         print(f"{store.purge()} expired entries removed", file=out)
     return 0
+
+
+def _within(key: str, net: str) -> bool:
+    """Is the address or network ``key`` inside the network ``net``?"""
+    if "/" not in net:
+        return False
+    try:
+        outer, inner = ipaddress.ip_network(net), ipaddress.ip_network(key)
+    except ValueError:
+        return False
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
 
 
 def _redis(opts):

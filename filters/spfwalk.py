@@ -21,7 +21,9 @@ What is not listed:
 * mechanisms qualified ``-`` or ``~`` (they deny; ``smtpctl`` skips them too);
   an ``-include:`` is still walked for the lookup count, not listed;
 * ``ptr`` and ``exists:`` (what they match depends on the client), ``+all``
-  / ``?all`` (every address: a note on stderr), terms after an ``all``;
+  / ``?all`` and any ``/0`` (``ip4:0.0.0.0/0``, ``a/0``: every address, so
+  an allowlist with it would exempt every client: a note on stderr), terms
+  after an ``all``;
 * a term whose macros need a client (``%{i}``, ``%{s}``, ``%{l}``, ``%{h}``,
   ``%{p}``, ``%{v}``): a note on stderr.  ``%{d}`` (the domain being
   walked), ``%{o}`` (the domain given on stdin), ``%%``, ``%_`` and ``%-``
@@ -436,7 +438,7 @@ class Walker:
                 return
             if mech.kind in ("ip4", "ip6"):
                 if collect and mech.lists and mech.network is not None:
-                    self._add(w, mech.network)
+                    self._add(w, mech.network, f"{name}: {mech}")
                 continue
             target = name
             if mech.domain is not None:
@@ -489,11 +491,20 @@ class Walker:
                         ip = ipaddress.ip_address(value)
                     except ValueError:
                         continue
-                    self._add(w, ipaddress.ip_network(f"{ip}/{ip.max_prefixlen if bits is None else bits}", strict=False))
+                    self._add(w, ipaddress.ip_network(f"{ip}/{ip.max_prefixlen if bits is None else bits}", strict=False),
+                              f"{domain}: {mech}")
 
-    def _add(self, w: Walk, net: Network) -> None:
-        if net.version in self.families:
-            w.networks[net] = None
+    def _add(self, w: Walk, net: Network, where: str) -> None:
+        if net.version not in self.families:
+            return
+        if net.prefixlen == 0:
+            # every address of the family: +all by another name, and an
+            # allowlist with it would exempt every client
+            note = f"{where} authorises every IPv{net.version} address, not listed"
+            if note not in w.notes:
+                w.notes.append(note)
+            return
+        w.networks[net] = None
 
 
 def _txt_text(value: str) -> str:

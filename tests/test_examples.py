@@ -59,6 +59,7 @@ def test_add_header_refuses_a_bad_header_flag(capsys):
         ("LocalHost.LocalDomain", "localhost"),
         ("[192.0.2.1]", "an address literal"),
         ("[IPv6:2001:db8::1]", "an address literal"),
+        ("192.0.2.1", "a bare address"),  # what bots say; smtpd lets it through (digits make a host name)
         ("mx.test", "our own name"),  # what the harness's smtpd greets with
         ("MX.Test.", "our own name"),
         ("backup.example.net", "our own name"),  # --our-name
@@ -86,12 +87,13 @@ def test_reject_helo_literals_and_patterns_are_options():
         assert s.helo("host.INVALID").code == 550
         assert s.helo("localhost").code == 550
         assert s.helo("[192.0.2.1]").ok  # (and smtpd takes one HELO per session)
+        assert h.session().helo("192.0.2.1").code == 550  # a bare address is no literal: never allowed
 
 
 @given(st.text(max_size=80).filter(lambda t: "\n" not in t and "\r" not in t))
 def test_reject_helo_never_fails_on_any_name(identity):
     reason = reject_helo.why_refused(identity, {"mx.test"})
-    assert reason in (None, "localhost", "an address literal", "our own name")
+    assert reason in (None, "localhost", "an address literal", "a bare address", "our own name")
 
 
 # -- (3) dnsbl ----------------------------------------------------------------------------

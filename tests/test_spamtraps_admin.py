@@ -72,6 +72,22 @@ def test_add_blocks_only_what_the_filter_refuses(tmp_path):
     assert lines[1:] == ["note: 2001:db8:1::/48 blocks only where the filter runs with -ipv6Prefix 48"]
 
 
+def test_del_says_what_it_did_not_unblock(tmp_path):
+    """With -ipv6Prefix 64 the filter records the client's /64: deleting
+    the address the admin sees in the log unblocks nothing, and del says so
+    (and which entry blocks it) instead of '1 unblocked'."""
+    db = str(tmp_path / "traps.db")
+    assert run("-db", db, "add", "2001:db8:1:2::/64", "192.0.2.7")[0] == 0
+    rc, lines = run("-db", db, "del", "2001:db8:1:2::5", "192.0.2.99", "192.0.2.7")
+    assert (rc, lines) == (0, [
+        "1 unblocked",
+        "2001:db8:1:2::5: not blocked here (blocked as part of 2001:db8:1:2::/64: del that)",
+        "192.0.2.99: not blocked here",
+    ])
+    assert [ln.split("\t")[0] for ln in run("-db", db, "list")[1]] == ["2001:db8:1:2::/64"]
+    assert [ln.split("\t")[0] for ln in run("-db", db, "list", "-all")[1]] == ["2001:db8:1:2::/64", "192.0.2.7"]
+
+
 def wait_for(cond, timeout=5.0):
     end = time.monotonic() + timeout
     while not cond():
@@ -94,6 +110,32 @@ def test_usage_errors(tmp_path, argv, message):
     r = subprocess.run([sys.executable, "-m", "smtpd_filters.spamtraps_admin", "-db", str(tmp_path / "t.db"), *argv],
                        capture_output=True, env=filterkit.env(), timeout=20)
     assert r.returncode == 2 and message in r.stderr.decode() and r.stderr.decode().count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("argv", [["list"], ["add", "192.0.2.7"], ["del", "192.0.2.7"]])
+def test_redis_unreachable_is_one_line_and_status_1(tmp_path, capsys, argv):
+    from rediskit import free_port
+
+    db = str(tmp_path / "traps.db")
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"  # nobody listens there
+    rc, lines = run("-db", db, "-redis", url, *argv)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"py-spamtraps: redis redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}: ")
+    assert "s3cret-pw" not in err
+    if argv[0] == "add":  # the local file was changed: say so
+        assert "Connection refused" in err and "(the SQLite file was changed, Redis was not)" in err
+        assert [ln.split("\t")[0] for ln in run("-db", db, "list")[1]] == ["192.0.2.7"]
+
+
+def test_redis_without_redis_py_is_one_line(tmp_path):
+    hide = tmp_path / "hide" / "redis"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'redis'\")\n")
+    r = subprocess.run([sys.executable, "-m", "smtpd_filters.spamtraps_admin", "-db", str(tmp_path / "t.db"),
+                        "-redis", "redis://127.0.0.1:6379/0", "list"],
+                       capture_output=True, env={**filterkit.env(), "PYTHONPATH": str(hide.parent)}, timeout=20)
+    assert (r.returncode, r.stderr.decode()) == (1, "py-spamtraps: -redis needs redis-py: pip install 'smtpd-filters[spamtraps]'\n")
 
 
 def test_with_redis_every_host_learns_of_add_and_del(tmp_path):

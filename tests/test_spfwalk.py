@@ -256,6 +256,8 @@ def zone() -> Zone:
         # all ends the evaluation: redirect= and later terms are never reached
         .add("allfirst.test", "TXT", "v=spf1 ip4:192.0.2.1 ~all redirect=example.test")
         .add("plusall.test", "TXT", "v=spf1 ip4:192.0.2.2 +all")
+        # /0 is every address of a family: +all by another name
+        .add("slash0.test", "TXT", "v=spf1 ip4:192.0.2.3 ip6:::/0 a:host.example.test/0//120 -all")
         # a loop, and a tree past the lookup limit
         .add("loop1.test", "TXT", "v=spf1 ip4:192.0.2.31 include:loop2.test -all")
         .add("loop2.test", "TXT", "v=spf1 ip4:192.0.2.32 redirect=loop1.test")
@@ -453,6 +455,17 @@ def test_notes_alone_do_not_fail_the_run(server):
     assert p.stderr == "py-spf-walk: plusall.test: all authorises every address, not listed\n"
 
 
+def test_a_slash_0_is_noted_like_plus_all_and_not_listed(server):
+    """An allowlist with 0.0.0.0/0 exempts every client: the walk treats a
+    /0 as it treats +all (a note, nothing listed)."""
+    p = run_walk(server, "slash0.test\n")
+    assert (p.returncode, p.stdout) == (0, "192.0.2.3\n2001:db8:ff::/120\n")
+    assert p.stderr.splitlines() == [
+        "py-spf-walk: slash0.test: ip6:::/0 authorises every IPv6 address, not listed",
+        "py-spf-walk: slash0.test: a:host.example.test/0//120 authorises every IPv4 address, not listed",
+    ]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -488,6 +501,6 @@ def test_walking_a_generated_record_lists_its_networks(server, case):
         lookups += m.kind in ("a", "mx", "include", "exists", "ptr")
         if m.kind == "all" or lookups > 10:
             break
-        if m.kind in ("ip4", "ip6") and m.lists:
+        if m.kind in ("ip4", "ip6") and m.lists and m.network.prefixlen > 0:  # a /0 is noted like +all
             reached.add(m.network)
     assert set(w.networks) == reached <= listed

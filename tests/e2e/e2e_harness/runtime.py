@@ -30,6 +30,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,7 @@ def ensure_deps(base: Path, deps: list[str]) -> Path:
     key = hashlib.sha256(json.dumps([deps, _system_python_id()]).encode()).hexdigest()[:16]
     final = base / f"deps-{key}"
     if (final / ".complete").exists():
+        os.utime(final)  # in use: not stale for another checkout's cleanup
         return final
     with open(base / "deps.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -124,9 +126,11 @@ def ensure_deps(base: Path, deps: list[str]) -> Path:
         (tmp / ".complete").write_text("\n".join(deps) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-        # old caches of other dependency sets
+        # old caches of other dependency sets; one used in the last day may
+        # belong to a test run of another checkout going on right now
+        stale = time.time() - 86400
         for old in base.glob("deps-*"):
-            if old != final and old.is_dir() and ".tmp-" not in old.name:
+            if old != final and old.is_dir() and ".tmp-" not in old.name and old.stat().st_mtime < stale:
                 shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -1,6 +1,6 @@
 """SPF verdicts (RFC 7208) for filters: pyspf, off the event loop, with a hard deadline.
 
-    from smtpd_filters.spf import SpfChecker
+    from smtpd_filters.spfcheck import SpfChecker
 
     spf = SpfChecker(timeout=5.0, nameservers=["127.0.0.1:5353"])   # None: resolv.conf's
     result = await spf.check(ip, sender, helo)

@@ -1,4 +1,4 @@
-"""smtpd_filters.spf: pyspf verdicts against the loopback test DNS server.
+"""smtpd_filters.spfcheck: pyspf verdicts against the loopback test DNS server.
 
 Every answer comes from ``smtpd_filter_sdk.testing.dnsserver`` on 127.0.0.1
 (a free port); nothing here can reach another resolver.
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import filterkit  # noqa: F401  (smtpd_filters from a checkout that is not installed)
 from smtpd_filter_sdk.testing.dnsserver import DNSServer, Zone
-from smtpd_filters.spf import RESULTS, SpfChecker, spf_identity
+from smtpd_filters.spfcheck import RESULTS, SpfChecker, spf_identity
 
 GOOD = "192.0.2.10"  # authorised by every domain below that authorises anything
 BAD = "198.51.100.7"  # authorised by none
@@ -172,7 +172,7 @@ def test_a_dns_timeout_inside_the_worker_is_reported_as_timeout(server):
 
 
 def test_the_bound_holds_while_every_worker_is_busy(server):
-    from smtpd_filters import spf as spfmod
+    from smtpd_filters import spfcheck as spfmod
 
     c = SpfChecker(timeout=0.3, nameservers=[f"127.0.0.1:{server.port}"])
     release = threading.Event()
