@@ -342,20 +342,6 @@ def sign(
 ) -> list[bytes]:
     """The ``DKIM-Signature`` field's lines (no CRLF) for a header block
     (``(name, raw lines)`` in message order) and the body's hash."""
-    unsigned, data = prepare(fields, body_hash, identity, opts, now)
-    return with_b(unsigned, identity.key.sign(data))
-
-
-def prepare(
-    fields: Sequence[tuple[str, list[bytes]]],
-    body_hash: bytes,
-    identity: Identity,
-    opts: Options,
-    now: int = 0,
-) -> tuple[list[str], bytes]:
-    """``sign()`` up to the private-key operation: the field folded with b=
-    empty, and the bytes the key signs.  (The key's part can then run
-    elsewhere, a worker thread: OpenSSL needs no interpreter for it.)"""
     chosen = signed_fields(fields, opts)
     text = (
         f"DKIM-Signature: v=1; a={identity.key.algorithm}; c={opts.header_canon}/{opts.body_canon}; "
@@ -374,12 +360,8 @@ def prepare(
     data = b"".join(canon_header(lines, opts.header_canon) for _, lines in chosen if lines)
     # the signature field itself, b= empty, without its final CRLF (§3.7)
     data += canon_header([line.encode() for line in unsigned], opts.header_canon)[:-2]
-    return unsigned, data
-
-
-def with_b(unsigned: list[str], signature: bytes) -> list[bytes]:
-    """The field's lines: ``prepare()``'s folded lines with b= filled in."""
-    return [line.encode() for line in append_b(unsigned, base64.b64encode(signature).decode())]
+    b = base64.b64encode(identity.key.sign(data)).decode()
+    return [line.encode() for line in append_b(unsigned, b)]
 
 
 # -- the signing domain ------------------------------------------------------------

@@ -148,15 +148,6 @@ def test_every_signature_verifies_with_dkimpy(published, alg, canon, shape):
     assert run.commit == b"proceed"
 
 
-@pytest.mark.parametrize("shape", ["plain", "dot lines", "empty body"])
-@pytest.mark.parametrize("keys", [ALGS["rsa"], ALGS["ed25519"], ("-K", "example.org:rsa1:KEYS/rsa.key", "-K", "example.org:ed1:KEYS/ed.key")])
-def test_signing_on_a_worker_thread_writes_the_same_bytes(published, keys, shape):
-    inline = Run(make_filter(published, *keys, "-d", "example.org"), SHAPES[shape])
-    threaded = Run(make_filter(published, *keys, "-d", "example.org", "-signThread"), SHAPES[shape])
-    assert threaded.payloads == inline.payloads and threaded.commit == inline.commit == b"proceed"
-    assert inline.signatures and all(verifies(threaded.message, i) for i in range(len(threaded.signatures)))
-
-
 line = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
 
 
