@@ -13,9 +13,11 @@ loop, alternating runs, medians:
 4. Ed25519, 100 KB messages                     target: >= 1.5x
 
 and the peak RSS of ours in every run (target <= 40 MB).  Ours runs on the
-system python3 when it has ``cryptography`` (Debian: python3-cryptography),
-as a packaged filter would.  Keys are made with openssl in a temporary
-directory.  No DNS is involved (signing only).
+interpreter running this script: run it with the venv's python (filters/README's
+install, pip's ``cryptography``) to bench the deployed form; ``--python
+/usr/bin/python3`` runs ours on Debian's python3-cryptography instead.
+``--only TEXT`` keeps the cases whose name contains TEXT.  Keys are made with
+openssl in a temporary directory.  No DNS is involved (signing only).
 """
 
 from __future__ import annotations
@@ -30,20 +32,6 @@ import tempfile
 import filterdrive as fd
 
 ANCHOR = "/usr/libexec/opensmtpd/filter-dkimsign"
-SYSTEM_PY = "/usr/bin/python3"
-
-
-def filter_python() -> str:
-    """The system python3 when it can sign (Debian's python3-cryptography):
-    the interpreter a packaged filter runs on, as run.py's @passthrough;
-    else the one running this script."""
-    ok = os.access(SYSTEM_PY, os.X_OK) and subprocess.run(
-        [SYSTEM_PY, "-c", "import cryptography.hazmat.primitives.asymmetric.ed25519"], capture_output=True
-    ).returncode == 0
-    return SYSTEM_PY if ok else fd.PY
-
-
-OURS = f"{filter_python()} {fd.REPO}/filters/dkimsign.py"
 CASES = (
     # name, key kind, -a, stream size args, target ratio
     ("rsa-2048 50 lines", "rsa", "rsa-sha256", ["--lines", "50"], 1.0),
@@ -64,10 +52,10 @@ def make_keys(d: str) -> dict[str, str]:
     return keys
 
 
-def compare(flags: str, size: list[str], n: int, repeats: int) -> dict:
+def compare(python: str, flags: str, size: list[str], n: int, repeats: int) -> dict:
     return fd.compare(
         ["--isolate", "no", *size, "-n", str(n), "--repeats", str(repeats)],
-        f"{OURS} {flags}", f"{ANCHOR} {flags}", ("py-filter-dkimsign", "filter-dkimsign"),
+        f"{python} {fd.REPO}/filters/dkimsign.py {flags}", f"{ANCHOR} {flags}", ("py-filter-dkimsign", "filter-dkimsign"),
     )
 
 
@@ -76,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json-out")
+    ap.add_argument("--python", default=fd.PY, help="interpreter for ours (default: this one)")
+    ap.add_argument("--only", default="", help="only the cases whose name contains this")
     a = ap.parse_args(argv)
     if not os.access(ANCHOR, os.X_OK):
         print(f"skipped: not installed ({ANCHOR})")
@@ -84,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     with tempfile.TemporaryDirectory(prefix="bench-dkim-") as d:
         keys = make_keys(d)
+        print(f"ours on {a.python}", flush=True)
         for name, kind, alg, size, target in CASES:
+            if a.only not in name:
+                continue
             small = size[0] == "--lines"
             n = (1000 if a.quick else 3000) if small else (200 if a.quick else 600)
             flags = f"-a {alg} -d bench.example -s sel -k {keys[kind]}"
             print(f"{name}: {n} sessions, open loop, {a.repeats} alternating runs each:", flush=True)
-            comp = results[name] = compare(flags, size, n, a.repeats)
+            comp = results[name] = compare(a.python, flags, size, n, a.repeats)
             ratio = comp.get("ratio_sessions_per_s")
             if ratio is None:
                 print(f"{name}: comparison failed: {comp}", flush=True)

@@ -231,8 +231,17 @@ def fold(text: str, width: int = FOLD_AT) -> list[str]:
     break point before it (or, if there is none, after the first one
     following), white space there is dropped and the next line starts with
     a TAB (8 columns)."""
+    return _lines(text, _fold_spans(text, width))
+
+
+def _lines(text: str, spans: Sequence[tuple[int, int]]) -> list[str]:
+    return [("\t" if i else "") + text[start:end] for i, (start, end) in enumerate(spans)]
+
+
+def _fold_spans(text: str, width: int = FOLD_AT) -> list[tuple[int, int]]:
+    """``fold()``'s lines as (start, end) slices of ``text``."""
     points = _break_points(text)
-    lines: list[str] = []
+    spans: list[tuple[int, int]] = []
     start, col, n = 0, 0, len(text)
     while True:
         over = start + width - col  # the first index past the width
@@ -246,13 +255,32 @@ def fold(text: str, width: int = FOLD_AT) -> list[str]:
             if k >= len(points) or points[k] >= n - 1:
                 break
             cut = points[k]
-        lines.append(("\t" if lines else "") + text[start : cut + 1])
+        spans.append((start, cut + 1))
         start = cut + 1
         while start < n and text[start] in " \t":
             start += 1
         col = 8
-    lines.append(("\t" if lines else "") + text[start:])
-    return lines
+    spans.append((start, n))
+    return spans
+
+
+#: Fold layouts by the field's text with its bh= value blanked: every
+#: character of bh= is a break point and its length is fixed (SHA-256), so
+#: fields that differ only in the body hash - most of a stream's - fold
+#: alike.  Bounded: t= and z= make new texts.
+_FOLDS: dict[str, list[tuple[int, int]]] = {}
+_FOLDS_MAX = 512
+
+
+def fold_with_bh(head: str, bh: str, tail: str) -> list[str]:
+    """``fold(head + bh + tail)``, ``bh`` the base64 body hash."""
+    key = head + "A" * len(bh) + tail
+    spans = _FOLDS.get(key)
+    if spans is None:
+        if len(_FOLDS) >= _FOLDS_MAX:
+            _FOLDS.clear()
+        spans = _FOLDS[key] = _fold_spans(key)
+    return _lines(head + bh + tail, spans)
 
 
 def append_b(lines: list[str], b: str, width: int = FOLD_AT) -> list[str]:
@@ -326,9 +354,9 @@ def sign(
         text += f"t={now}; "
     if opts.expire:
         text += f"x={now + opts.expire}; "
-    text += f"bh={base64.b64encode(body_hash).decode()}; h={':'.join(name for name, _ in chosen)}; "
-    text += f"d={identity.domain}; b="
-    unsigned = fold(text)
+    text += "bh="
+    tail = f"; h={':'.join(name for name, _ in chosen)}; d={identity.domain}; b="
+    unsigned = fold_with_bh(text, base64.b64encode(body_hash).decode(), tail)
     data = b"".join(canon_header(lines, opts.header_canon) for _, lines in chosen if lines)
     # the signature field itself, b= empty, without its final CRLF (§3.7)
     data += canon_header([line.encode() for line in unsigned], opts.header_canon)[:-2]

@@ -199,6 +199,9 @@ class Signature:
         fields = [(h.name, h.lines) for h in headers.fields if h.name]
         bh = self.body_hash.digest()
         now = int(time.time())
+        # Signing stays on the loop's thread: on a worker thread (end()
+        # returning an awaitable) it cost 0.78x the messages/s, 1.4x the CPU
+        # and 80 MB RSS here (bench/README.md, py-filter-dkimsign).
         made = [dkim.sign(fields, bh, who, self.opts, now) for who in self.signers]
         for lines in reversed(made):  # the first identity's signature on top
             headers.fields.insert(0, Header("DKIM-Signature", lines))

@@ -51,7 +51,8 @@ class MessageWatcher(Protocol):
 
     def end(self, headers: Any) -> Any:
         """The final ``.`` arrived: edit ``headers`` (a ``Headers``) in place,
-        return a decision for commit or None."""
+        return a decision for commit or None, or an awaitable that edits
+        and gives that later (work done off the loop, e.g. on a thread)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +241,13 @@ class Filter:
         ``watcher.end(headers)`` at the final ``.``, which edits the same
         ``headers`` and may return a decision for commit.  The header block
         goes out as edited, then the body exactly as it came.  Plain
-        (synchronous) functions only: they run inline.  If the handler or
-        the watcher raises, or the message passes ``max_message_size``, the
-        message goes out unchanged and the watcher hears no more."""
+        (synchronous) functions only: they run inline.  ``end`` may instead
+        return an awaitable (a signature made on a worker thread): the
+        message stays held, other sessions go on, and it is awaited under
+        ``deadline``.  If the handler or the watcher raises (or its
+        awaitable does, or runs past the deadline), or the message passes
+        ``max_message_size``, the message goes out unchanged, without the
+        watcher's edits, and the watcher hears no more."""
         if inspect.iscoroutinefunction(fn):
             raise TypeError("on_message_stream handlers must be synchronous")
         self._only_one("stream_handler")

@@ -1220,6 +1220,35 @@ class Engine:
         except Exception as exc:  # noqa: BLE001
             self._message_failed(stream, session, f"watcher raised {exc!r}")
             result = None
+        if inspect.isawaitable(result):
+            # end() finishes elsewhere (a signature made on a worker thread):
+            # the message stays held, other sessions go on, and the answer
+            # comes under the deadline.  smtpd sends commit only after the
+            # final "." it gets from us, so the verdict is set before commit.
+            self._set_mode(stream, _WAIT)
+            self._spawn(session.id, self._await_watch_end(stream, session, headers, result), also_close=result)
+            return
+        self._release_watched(stream, session, headers, result)
+
+    async def _await_watch_end(self, stream: _Stream, session: Session, headers: Headers, pending: Any) -> None:
+        result: Any = None
+        try:
+            async with asyncio.timeout(self.filter.deadline):
+                result = await pending
+        except asyncio.CancelledError:
+            if self.sessions.peek(session.id) is None:
+                raise
+            self._message_failed(stream, session, "watcher was cancelled")
+        except TimeoutError:
+            self._message_failed(stream, session, f"watcher ran past {self.filter.deadline}s")
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(stream, session, f"watcher raised {exc!r}")
+        self._release_watched(stream, session, headers, result)
+        self.wake()
+
+    def _release_watched(self, stream: _Stream, session: Session, headers: Headers, result: Any) -> None:
+        """The watched message goes out: the edited headers (the original
+        ones if anything failed), the body as it came, the ``.``."""
         verdict = self._message_result(stream, session, result)
         if verdict is not None:
             stream.verdict = verdict

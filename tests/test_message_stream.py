@@ -2,6 +2,8 @@
 as it arrives while the SDK holds the message) and ``max_message_size`` /
 ``on_oversize`` (a message past the cap goes on unchanged and unbuffered)."""
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -328,3 +330,127 @@ def test_property_watched_message(header_lines, body):
     d.send(d.wire.report(TS, "tx-reset", SID, "0a0b0c0d"))
     whole = d.feed(b"".join(line + b"\n" for line in data_lines(d, wire_in + [b"."])))
     assert payloads(whole)[1:] == wire_in + [b"."] and seen[1] == seen[0]
+
+
+# -- end() may finish later: it returns an awaitable (a signer on a worker thread) ---
+
+
+class Later:
+    """A watcher whose end() returns a coroutine: it waits for ``gate`` (a
+    future the test resolves, or "never"), then stamps the headers and returns
+    ``result``; ``edit_first`` stamps before waiting (a half-done edit)."""
+
+    def __init__(self, gate=None, result=None, edit_first=False, fail=False):
+        self.gate, self.result, self.edit_first, self.fail = gate, result, edit_first, fail
+        self.chunks = []
+
+    def body(self, chunk):
+        self.chunks.append(chunk)
+
+    def end(self, headers):
+        if self.edit_first:
+            headers.add("X-Half", "done")
+        return self.finish(headers)
+
+    async def finish(self, headers):
+        if self.gate == "never":
+            await asyncio.get_running_loop().create_future()  # nobody resolves it
+        elif self.gate is not None:
+            await self.gate
+        if self.fail:
+            raise RuntimeError("boom")
+        headers.add("X-Seen", "%d bytes" % len(b"".join(self.chunks)))
+        return self.result
+
+
+def later_filter(make, **kw):
+    f = Filter("t", **kw)
+    f.on_message_stream(lambda session, headers: make())
+    return f
+
+
+def lines_of(d, sid, payloads):
+    return [d.wire.request(TS, "data-line", sid, TOK, p) for p in payloads]
+
+
+def test_an_awaitable_end_holds_the_message_until_it_is_done_and_other_sessions_go_on():
+    watchers = {"a" * 16: Later(), "c" * 16: Later()}
+    f = Filter("t")
+    f.on_message_stream(lambda session, headers: watchers[session.id])
+    d = Driven(f)
+    gate = watchers["a" * 16].gate = d.loop.create_future()
+
+    def pump(lines):  # feed, let the loop turn, but do not wait for A
+        for line in lines:
+            d.engine.feed(line + b"\n")
+        d.loop.run_until_complete(asyncio.sleep(0.01))
+        return d.engine.take_lines()
+
+    # session A's message ends, and its watcher waits for the gate ...
+    assert pump(lines_of(d, "a" * 16, [b"Subject: a", b"", b"body a", b"."])) == []
+    # ... while session C's message passes whole
+    out_c = pump(lines_of(d, "c" * 16, [b"Subject: c", b"", b"body c", b"."]))
+    assert [line.split(b"|")[1] for line in out_c] == [b"c" * 16] * 5
+    assert payloads(out_c) == [b"X-Seen: 8 bytes", b"Subject: c", b"", b"body c", b"."]
+    # the gate opens: A's message leaves in order, headers edited, one "."
+    gate.set_result(None)
+    out_a = d.take()
+    assert payloads(out_a) == [b"X-Seen: 8 bytes", b"Subject: a", b"", b"body a", b"."]
+    assert [line.split(b"|")[1] for line in out_a] == [b"a" * 16] * 5
+
+
+def test_an_awaitable_end_decides_at_commit():
+    d = Driven(later_filter(lambda: Later(result=reject(550, "5.7.1 no"))))
+    out = d.send(*data_lines(d, [b"Subject: s", b"", b"x", b"."]))
+    assert payloads(out)[-1] == b"."
+    assert commit(d) == b"reject|550 5.7.1 no"
+
+
+@pytest.mark.parametrize("policy", ["fail-open", "fail-closed"])
+@pytest.mark.parametrize("how", ["raises", "runs past the deadline"])
+def test_an_awaitable_end_that_fails_passes_the_message_unchanged(policy, how, capfd):
+    def make():
+        if how == "raises":
+            return Later(fail=True, edit_first=True)
+        return Later(gate="never", edit_first=True)
+
+    d = Driven(later_filter(make, on_error=policy, deadline=0.05))
+    message = [b"Subject: s", b""] + [b"..l%d" % i for i in range(70)]
+    out = d.send(*data_lines(d, message + [b"."]))
+    assert payloads(out) == message + [b"."]  # not even the half-done edit
+    assert commit(d) == (b"proceed" if policy == "fail-open" else b"reject|451 4.7.0 Temporary filter failure, try again later")
+    err = capfd.readouterr().err
+    assert ("boom" if how == "raises" else "ran past 0.05s") in err and SID in err
+
+
+class Now:
+    """The same watcher, ending at once: the reference for ``Later``."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def body(self, chunk):
+        self.chunks.append(chunk)
+
+    def end(self, headers):
+        headers.add("X-Seen", "%d bytes" % len(b"".join(self.chunks)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(line_st, max_size=20), st.lists(line_st, max_size=300), st.integers(1, 3))
+def test_property_an_awaitable_end_writes_what_an_immediate_one_writes(header_lines, body, sessions):
+    """Differential: interleaved sessions whose watchers finish later give,
+    per session, the bytes the same watcher finishing at once gives."""
+    header_lines = [h for h in header_lines if h and h[:1] not in b" \t" and b":" in h] or [b"Subject: s"]
+    wire_in = [stuff(x) for x in header_lines + [b""] + body] + [b"."]
+    sids = ["%016x" % (i + 1) for i in range(sessions)]
+    interleaved = [line for row in zip(*(lines_of(Driven(Filter("t")), s, wire_in) for s in sids)) for line in row]
+    results = []
+    for make in (Now, Later):
+        d = Driven(later_filter(make))
+        out = d.feed(b"".join(line + b"\n" for line in interleaved))
+        assert all(is_fatal_output(line) is None for line in out)
+        results.append({s: [line for line in out if line.split(b"|")[1] == s.encode()] for s in sids})
+    assert results[0] == results[1]
+    for s in sids:
+        assert payloads(results[1][s]) == [b"X-Seen: %d bytes" % sum(len(line) + 2 for line in body)] + wire_in
