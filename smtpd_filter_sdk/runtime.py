@@ -111,6 +111,22 @@ _WATCH = 5  # holding the body (raw) while a MessageWatcher sees it
 _WATCH_BATCH = 256
 
 
+def _cut_at_final_dot(run: list[bytes], lens: list[int], width: int) -> bool:
+    """Cut ``run`` (and its ``lens``) in front of the message's final ``.``,
+    if it holds one: a one-byte payload (``width`` is the head's length)
+    that is ``.``; other one-byte lines stay.  True if it was cut."""
+    j = 0
+    while True:
+        try:
+            j = lens.index(width + 1, j)
+        except ValueError:
+            return False
+        if run[j].endswith(b"|."):
+            del run[j:], lens[j:]
+            return True
+        j += 1
+
+
 @dataclass(slots=True, eq=False)
 class _Stream:
     """One session's data-line stream, from its first line to the final ``.``."""
@@ -364,20 +380,9 @@ class Engine:
         if len(run) > 1 and not _heads_match(run, lines[at][:width], marker):
             run = run[:1]
         lens = list(map(len, run))
-        # The final "." (a one-byte payload ending in "|."): the run ends
-        # with it.  A line too long to echo: the run stops before it.
-        dot = False
-        j = 0
-        while True:
-            try:
-                j = lens.index(width + 1, j)
-            except ValueError:
-                break
-            if run[j].endswith(b"|."):
-                del run[j:], lens[j:]
-                dot = True
-                break
-            j += 1
+        # The final "." ends the run.  A line too long to echo: the run
+        # stops before it.
+        dot = _cut_at_final_dot(run, lens, width)
         limit = width + stream.room
         if run and max(lens) > limit:
             n = next(i for i, size in enumerate(lens) if size > limit)
@@ -480,19 +485,9 @@ class Engine:
             return at
         run = lines[at : at + k]
         lens = list(map(len, run))
-        # The final "." (the only line that ends the stream) is a one-byte
-        # payload: stop in front of it; other one-byte lines stay in the run.
-        j = 0
-        while True:
-            try:
-                j = lens.index(width + 1, j)
-            except ValueError:
-                break
-            if run[j].endswith(b"|."):
-                k = j
-                del run[k:], lens[k:]
-                break
-            j += 1
+        # Stop in front of the final "." (the only line that ends the stream).
+        if _cut_at_final_dot(run, lens, width):
+            k = len(run)
         if k < _RUN_MIN or max(lens) > start + rest_room or not _heads_match(run, model, marker):
             return at
         # One join, with the first answer's prefix in its first element (not
