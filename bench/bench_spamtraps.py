@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+import filterdrive as fd
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
 TRAPPED = 100_000
@@ -126,22 +128,8 @@ def resync(port: int, db: str) -> dict:
 
 
 def compare(name_a: str, cmd_a: str, name_b: str, cmd_b: str, n: int, repeats: int, warmup: float = 0.0) -> dict:
-    argv = [
-        PY, os.path.join(HERE, "run.py"), "--isolate", "no", "--messages", "0", "-n", str(n), "--warmup", str(warmup),
-        "--repeats", str(repeats), "--json", "--name", name_a, cmd_a, "--against", cmd_b, "--against-name", name_b,
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-    comp: dict = {}
-    for line in out.stdout.splitlines():
-        if line.startswith("{"):
-            obj = json.loads(line)
-            if "comparison_summary" in obj:
-                comp = obj["comparison_summary"]
-        else:
-            print("   " + line, flush=True)
-    if not comp:
-        print(out.stderr[-2000:], file=sys.stderr)
-    return comp
+    run_args = ["--isolate", "no", "--messages", "0", "-n", str(n), "--warmup", str(warmup), "--repeats", str(repeats)]
+    return fd.compare(run_args, cmd_a, cmd_b, (name_a, name_b))
 
 
 def verdict(label: str, comp: dict) -> bool:
