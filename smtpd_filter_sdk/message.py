@@ -7,6 +7,7 @@ helpers here work on *unstuffed* lines, as bytes: mail is not text.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -32,6 +33,14 @@ def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[by
     """``Name: value`` as one or more lines, folded at white space before
     ``width`` bytes where possible (continuation lines start with a TAB).
     CR/LF in the value are refused: they would forge extra headers."""
+    return list(_folded(name, value, width))
+
+
+@functools.lru_cache(maxsize=256)
+def _folded(name: str | bytes, value: str | bytes, width: int) -> tuple[bytes, ...]:
+    # Remembered: a filter mostly adds the same few headers to every message
+    # (a tag, a score out of 101), and folding costs more than the lookup;
+    # unique values (a signature) just pass through the small cache.
     name_b, value_b = _as_bytes(name), _as_bytes(value)
     if b"\r" in value_b or b"\n" in value_b or b"\r" in name_b or b"\n" in name_b:
         raise ValueError("header name/value must not contain CR or LF")
@@ -48,7 +57,7 @@ def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[by
         else:
             current = candidate
     lines.append(current)
-    return lines
+    return tuple(lines)
 
 
 @dataclass

@@ -502,25 +502,30 @@ class Engine:
         if k < 2:
             return at
         run = lines[at : at + k]
-        if not _heads_match(run, line[:width], marker):
+        last = run[-1]
+        # The message is all here if its final "." ends the run.
+        if len(last) != width + 1 or last[-1:] != b"." or not _heads_match(run, line[:width], marker):
             return at
         lens = list(map(len, run))
-        # The message is all here if its final "." ends the run.
-        if not _cut_at_final_dot(run, lens, width) or len(run) != k - 1:
-            return at
+        if lens.count(width + 1) > 1:  # other one-byte lines: is the first "." the last line?
+            if not _cut_at_final_dot(run, lens, width) or len(run) != k - 1:
+                return at
+            run.append(last)
+            lens.append(width + 1)
         prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
         room = p.MAX_OUTPUT_LINE - len(prefix)
         legacy_room = min(room, p.LEGACY_OUTPUT_LINE - len(prefix)) if rules.since < (0, 7) else room
         if max(lens) > width + legacy_room:
             return at
-        size = sum(lens) + (2 - width) * len(run)
-        if size > self._max_size:
+        cap = self._max_size
+        if cap < float("inf") and sum(lens) + (2 - width) * (k - 1) - width - 1 > cap:
             return at
+        # Every payload, the final "." last.
         payloads = list(map(itemgetter(slice(width, None)), run))
+        sep = b"\n" + prefix
         handler = self.filter.headers_handler
-        if handler is None:  # nothing to hold: the lines and the "." as they came
-            payloads.append(b".")
-            self.out.append(prefix + (b"\n" + prefix).join(payloads))
+        if handler is None:  # nothing to hold: the lines as they came
+            self.out.append(prefix + sep.join(payloads))
             self.sessions.get(p.decode_field(sid))  # created on any line naming it
             return at + k
         block, n = _header_block(payloads)
@@ -533,14 +538,19 @@ class Engine:
         else:
             raised = None
             if result is None:
-                edited = [b"." + text if text[:1] == b"." else text for text in headers.lines()]
-                if not edited or max(map(len, edited)) <= legacy_room:
-                    self.out.append(prefix + (b"\n" + prefix).join(chain(edited, payloads[n:], (b".",))))
+                edited = headers.lines()
+                written = prefix + sep.join(edited)
+                if edited and (edited[0][:1] == b"." or sep + b"." in written):  # lines to stuff again
+                    edited = [b"." + text if text[:1] == b"." else text for text in edited]
+                    written = prefix + sep.join(edited)
+                # (A block shorter than smtpd's line limit holds no line over it.)
+                if not edited or len(written) <= legacy_room or max(map(len, edited)) <= legacy_room:
+                    self.out.append(written + sep + sep.join(payloads[n:]) if edited else prefix + sep.join(payloads[n:]))
                     return at + k
         stream = self._open_stream(parts)
         assert stream is not None
-        stream.ended, stream.size = True, size
-        self._handled(stream, session, headers, block, payloads[n:] + [b"."], result, raised)
+        stream.ended, stream.size = True, sum(lens[: n + 1]) + (2 - width) * (n + 1)
+        self._handled(stream, session, headers, block, payloads[n:], result, raised)
         return at + k
 
     def _header_run(

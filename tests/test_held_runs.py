@@ -166,6 +166,22 @@ def test_a_tagged_message_in_one_chunk_goes_out_as_one_block():
     assert fed.engine._streams == {} and fed.engine._held_lane == {} and fed.engine._fast == {}
 
 
+def test_header_lines_starting_with_a_dot_leave_stuffed_as_they_came():
+    # "..x" on the wire is ".x" to the handler, and "..x" again on the way out,
+    # first line of the block included
+    seen = []
+    f = Filter("held")
+    f.on_headers(lambda session, headers: seen.extend(h.name for h in headers))
+    fed = Fed(lambda logs, **kw: f)
+    for stuffed in ([b"..Odd: first", b"From: <bob@example.org>"], [b"From: <bob@example.org>", b"..Odd: later"]):
+        fed.feed(as_input(message(fed.wire, SID, stuffed, BODY[:20])))
+        assert fed.take() == answers(SID, stuffed + [b""] + BODY[:20] + [b"."])
+        assert sorted(seen) == [".Odd", "From"]
+        seen.clear()
+        fed.feed(as_input([fed.wire.report(stamp(0), "link-disconnect", SID)]))
+    assert fed.blocks == 2
+
+
 def test_a_tagged_message_cut_by_the_chunk_goes_out_in_blocks():
     # the message's end is in the next read: the header block is taken as
     # one run, the edited block and the body go out as one block each
