@@ -88,11 +88,17 @@ def _heads_match(run: list[bytes], model: bytes, marker: bytes) -> bool:
 def _run_length(lines: list[bytes], at: int, marker: bytes, where: int) -> int:
     """How many lines from ``lines[at]`` on probably continue its stream
     (``marker``, b"|data-line|SID|TOK|", at ``where`` in each): up to the
-    last line, or a boundary found by bisection.  A guess when streams
+    last line, or a boundary found by bisection (between the last of the
+    lines 32, 64, 128, ... on that still matches and the next: most
+    messages are short and a read holds many).  A guess when streams
     alternate; the caller's proof (``_heads_match``) decides."""
-    if lines[-1].startswith(marker, where):
-        return len(lines) - at
-    lo, hi = at, len(lines) - 1
+    end = len(lines) - 1
+    if lines[end].startswith(marker, where):
+        return end + 1 - at
+    lo, step = at, 32
+    while at + step < end and lines[at + step].startswith(marker, where):
+        lo, step = at + step, step * 2
+    hi = min(at + step, end)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if lines[mid].startswith(marker, where):
