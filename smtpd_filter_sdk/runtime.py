@@ -49,6 +49,9 @@ _FAST_KEY = 17
 #: Shortest run of one pass-through stream's lines answered as a block: below
 #: that, the block's fixed costs outweigh the per-line loop's.
 _RUN_MIN = 16
+#: A new message still going on at the end of a read, at most this many lines
+#: long, is held back for the next read (``_message_at_once``).
+_HOLD_BACK_MAX = 256
 #: Held messages (header blocks, whole messages, watched bodies) are taken
 #: in runs by ``_held_block``; False sends their lines down the general path
 #: one by one (the reference the differential tests compare against).
@@ -233,6 +236,10 @@ class Engine:
         self.out: list[bytes] = []
         self.registered = False
         self._carry = b""
+        # The lines of a new message the last read ended in, taken with the
+        # rest of it from the next read (or at EOF); see _message_at_once.
+        self._held_back: list[bytes] = []
+        self._holding = True
         self._streams: dict[bytes, _Stream] = {}
         # b"SID|" -> (b"SID|TOK|", b"SID|TOK|.", longest rest, session or
         # None for pass-through, stream) for the streams whose lines the hot
@@ -297,6 +304,9 @@ class Engine:
         if self._carry:  # the line cut by the previous read (not a copy of the chunk)
             lines[0] = self._carry + lines[0]
         self._carry = lines.pop()
+        if self._held_back:
+            lines[:0] = self._held_back
+            self._held_back = []
         end = len(lines)
         at, fast, model = self._scan(lines, 0, None)
         while at < end:
@@ -534,7 +544,16 @@ class Engine:
         run = lines[at : at + k]
         last = run[-1]
         # The message is all here if its final "." ends the run.
-        if len(last) != width + 1 or last[-1:] != b"." or not _heads_match(run, line[:width], marker):
+        if len(last) != width + 1 or last[-1:] != b".":
+            # It goes on in the next read.  When nothing follows it in this
+            # one, its lines wait for the rest (a read mostly cuts a small
+            # message smtpd is still writing): smtpd does not wait for
+            # data-line answers, and EOF answers them (end_of_input).
+            if self._holding and at + k == len(lines) and k <= _HOLD_BACK_MAX and _heads_match(run, line[:width], marker):
+                self._held_back = run
+                return at + k
+            return at
+        if not _heads_match(run, line[:width], marker):
             return at
         lens = list(map(len, run))
         if lens.count(width + 1) > 1:  # other one-byte lines: is the first "." the last line?
@@ -706,8 +725,14 @@ class Engine:
                 self.log(f"shutdown handler {getattr(fn, '__name__', fn)!r} failed: {exc!r}")
 
     def end_of_input(self) -> None:
-        """No more input will come.  A line cut off by EOF (no newline) is
-        not acted on: it may be a truncated request."""
+        """No more input will come: the lines held back for the rest of
+        their message are answered now.  A line cut off by EOF (no newline)
+        is not acted on: it may be a truncated request."""
+        self._holding = False
+        if self._held_back:
+            carry, self._carry = self._carry, b""
+            self.feed(b"")
+            self._carry = carry
         if self._carry:
             self.log(f"ignoring an incomplete last line at EOF: {describe_line(self._carry)}")
             self._carry = b""

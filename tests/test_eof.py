@@ -142,6 +142,28 @@ def test_a_message_cut_by_eof_before_its_final_dot_is_not_finished(how, tmp_path
     assert rc == 0 and out == []
 
 
+TAGGER = """
+from smtpd_filter_sdk import Filter
+f = Filter("tagger")
+
+@f.on_headers
+def tag(session, headers):
+    headers.add("X-Seen", "yes")
+
+f.run()
+"""
+
+
+def test_a_pass_through_body_cut_by_eof_is_echoed_as_far_as_it_was_read(how, tmp_path):
+    # The runtime holds a small message's lines back for the rest of it
+    # (the next read); at EOF they are answered as the line path would.
+    # The header block, complete here, is handed over and tagged.
+    rc, out, _, _ = run_filter(TAGGER, transcript(*MESSAGE[:4]), how, tmp_path)
+    assert rc == 0
+    prefix = b"filter-dataline|%s|%s|" % (SID.encode(), DTOK.encode())
+    assert out == [prefix + x for x in (b"X-Seen: yes", b"Subject: hi", b"", b"..dot line", b"body")]
+
+
 @pytest.mark.parametrize("script", [HANGS, HANGS_IN_THREAD], ids=["async", "in_thread"])
 def test_a_hung_handler_is_answered_by_the_policy_after_its_deadline_then_exit(script, how, tmp_path):
     rc, out, err, took = run_filter(script, transcript(HELO), how, tmp_path)

@@ -182,17 +182,38 @@ def test_header_lines_starting_with_a_dot_leave_stuffed_as_they_came():
     assert fed.blocks == 2
 
 
-def test_a_tagged_message_cut_by_the_chunk_goes_out_in_blocks():
-    # the message's end is in the next read: the header block is taken as
-    # one run, the edited block and the body go out as one block each
+def test_a_small_message_cut_by_a_read_waits_for_its_end_then_goes_out_whole():
     fed = Fed(tagger)
     data = as_input(message(fed.wire, SID, HEADERS, BODY[:40]))
     fed.feed(data[:-10])
+    assert fed.take() == [] and fed.engine._streams == {}  # held back, no stream opened
     fed.feed(data[-10:])
     expected = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""] + BODY[:40] + [b"."]
     assert fed.take() == answers(SID, expected)
+    assert fed.blocks == 1
+
+
+def test_lines_held_back_for_the_rest_of_their_message_are_answered_at_eof():
+    fed = Fed(plain)
+    data = as_input(message(fed.wire, SID, HEADERS, BODY[:40]))
+    fed.feed(data[: data.index(b"line 20 of")])  # cut inside a line: that one is not acted on
+    assert fed.take() == []
+    fed.engine.end_of_input()
+    assert fed.take() == answers(SID, HEADERS + [b""] + BODY[:20])
+    assert fed.logs[-1].startswith(b"ignoring an incomplete last line at EOF")
+
+
+def test_a_long_message_cut_by_a_read_goes_out_in_blocks_as_it_comes():
+    # past _HOLD_BACK_MAX lines nothing waits: the header block is taken as
+    # one run, the edited block and the body go out as one block each
+    fed = Fed(tagger)
+    data = as_input(message(fed.wire, SID, HEADERS, BODY))
+    fed.feed(data[:-10])
+    tagged = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""]
+    assert fed.take() == answers(SID, tagged + BODY)  # the final "." is cut
+    fed.feed(data[-10:])
+    assert fed.take() == answers(SID, [b"."])
     assert fed.blocks == 2
-    assert fed.engine._streams == {} and fed.engine._held_lane == {} and fed.engine._fast == {}
 
 
 def test_a_whole_message_is_held_in_runs_and_handed_over_unstuffed():
@@ -311,6 +332,7 @@ def test_held_runs_answer_and_log_exactly_what_the_line_path_does(case):
         for cut in cuts + [len(data)]:
             fed.feed(data[at:cut])
             at = max(at, cut)
+        fed.engine.end_of_input()  # lines held back for the rest of a message are answered at EOF
     assert by_run.take() == by_line.take()
     assert by_run.logs == by_line.logs
     assert by_run.engine._streams.keys() == by_line.engine._streams.keys()
