@@ -137,7 +137,22 @@ class Headers:
         return len(self.fields)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        if not isinstance(name, str):
+            return False
+        if self._fields is None and name and name.isascii() and not self._raw_may_hold(name.lower()):
+            # Not in the lines as they came: only the prepended ones can
+            # hold it, and the block stays unsplit (a tagger's "strip the
+            # client's copy, if any" costs one look in C).
+            lowered = name.lower()
+            return any(h.name.lower() == lowered for h in self._front)
+        return self.get(name) is not None
+
+    def _raw_may_hold(self, lowered: str) -> bool:
+        """Whether a field named ``lowered`` (ASCII, lower case) may be among
+        the unparsed lines.  False is certain: a parsed name is ASCII (else
+        it holds U+FFFD), so such a field starts a line with these bytes,
+        lowered, and a colon.  True may be wrong (a name holding ":")."""
+        return b"\n" + lowered.encode() + b":" in b"\n" + b"\n".join(self._raw).lower()
 
     def get(self, name: str, default: str | None = None) -> str | None:
         for header in self.fields:
@@ -161,9 +176,7 @@ class Headers:
         """Remove every header of that name; return how many were removed."""
         lowered = name.lower()
         if self._fields is None and name and name.isascii():
-            # A parsed name is ASCII (else it holds U+FFFD), so one of this
-            # name starts a line with these bytes, lowered, and a colon.
-            if b"\n" + lowered.encode() + b":" not in b"\n" + b"\n".join(self._raw).lower():
+            if not self._raw_may_hold(lowered):
                 before = len(self._front)
                 self._front = [h for h in self._front if h.name.lower() != lowered]
                 return before - len(self._front)
