@@ -512,7 +512,7 @@ class Engine:
                 elif len(parts) == 8 and parts[4] in self._unhandled and self._proceed(parts):
                     pass
                 else:
-                    self._request(line)
+                    self._request(parts)
             elif line[:7] == b"report|":
                 self._report(line)
             elif line[:7] == b"config|":
@@ -649,7 +649,7 @@ class Engine:
                 self._verdicts.pop(sid, None)
                 self._drop_stream(parts[5])
                 return
-        parts, subsystem, event, params = p.split_report(line)
+        parts, subsystem, event, params = p.report_fields(parts)
         sid = p.decode_field(parts[5])
         session = self.sessions.get(sid, subsystem)
         if subsystem == "smtp-in":
@@ -709,8 +709,9 @@ class Engine:
         self.out.append(b"filter-result|" + p.response_ids(rules, sid, token) + b"|proceed")
         return True
 
-    def _request(self, line: bytes) -> None:
-        req = p.parse_request(line)
+    def _request(self, parts: list[bytes]) -> None:
+        """A filter request, split (``line.split(b"|", 7)``)."""
+        req = p.request_fields(parts)
         session = self.sessions.get(req.session)
         try:
             self._dispatch(req, session)
