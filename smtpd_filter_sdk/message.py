@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 
 #: Fold injected headers before this many bytes per line (RFC 5322 §2.1.1).
 FOLD_AT = 78
+_CR, _LF, _COLON, _SPACE = b"\r\n: "
 
 
 def unstuff(line: bytes) -> bytes:
@@ -33,10 +34,14 @@ def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[by
     ``width`` bytes where possible (continuation lines start with a TAB).
     CR/LF in the value are refused: they would forge extra headers."""
     name_b, value_b = _as_bytes(name), _as_bytes(value)
-    if b"\r" in value_b or b"\n" in value_b or b"\r" in name_b or b"\n" in name_b:
+    # (bytes as ints: "13 in value" is a byte search in C, b"\r" in value
+    # first takes a buffer of the needle, several times as long)
+    if _CR in value_b or _LF in value_b or _CR in name_b or _LF in name_b:
         raise ValueError("header name/value must not contain CR or LF")
-    if not name_b or b":" in name_b or b" " in name_b:
+    if not name_b or _COLON in name_b or _SPACE in name_b:
         raise ValueError(f"bad header name {name_b!r}")
+    if len(name_b) + 2 + len(value_b) <= width:
+        return [name_b + b": " + value_b]  # fits: what the loop below would give
     words = value_b.split(b" ")
     lines: list[bytes] = []
     current = name_b + b":"
