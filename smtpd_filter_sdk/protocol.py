@@ -121,6 +121,12 @@ LEGACY_OUTPUT_LINE = 2047
 # Helpers for fields
 
 
+#: Bytes as ints, for membership tests on short fields: ``CR in field`` is a
+#: byte search in C, where ``b"\r" in field`` first takes a buffer of the
+#: needle (about 8 times as long on a session id).
+CR, LF = ord("\r"), ord("\n")
+
+
 def decode_field(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -650,7 +656,7 @@ def request_fields(parts: list[bytes]) -> Request:
     if phase is None:
         raise ProtocolError(f"unknown filter phase {decode_field(parts[4])!r}")
     sid, token = parts[5], parts[6]
-    if not sid or not token or b"\r" in sid or b"\r" in token:
+    if not sid or not token or CR in sid or CR in token:
         raise ProtocolError("empty session id or token, or a CR in one")
     return Request(
         decode_field(parts[1]),

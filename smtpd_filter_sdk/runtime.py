@@ -834,8 +834,8 @@ class Engine:
             known is not None
             and len(ids) + len(known) <= _RESULT_ROOM
             and ids.count(b"|") == 1
-            and b"\r" not in ids
-            and b"\n" not in ids
+            and p.CR not in ids
+            and p.LF not in ids
         ):
             # A decision whose answer passed is_fatal_output (below) passes
             # it with any SID|TOK that is two fields without CR/LF and
