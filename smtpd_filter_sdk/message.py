@@ -144,12 +144,13 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        if self._fields is None and name and name.isascii() and not self._raw_may_hold(name.lower()):
-            # Not in the lines as they came: only the prepended ones can
-            # hold it, and the block stays unsplit (a tagger's "strip the
-            # client's copy, if any" costs one look in C).
+        if self._fields is None and name and name.isascii():
             lowered = name.lower()
-            return any(h.name.lower() == lowered for h in self._front)
+            if not self._raw_may_hold(lowered):
+                # Not in the lines as they came: only the prepended ones can
+                # hold it, and the block stays unsplit (a tagger's "strip
+                # the client's copy, if any" costs one look in C).
+                return any(h.name.lower() == lowered for h in self._front) if self._front else False
         return self.get(name) is not None
 
     def _raw_may_hold(self, lowered: str) -> bool:
@@ -157,7 +158,7 @@ class Headers:
         the unparsed lines.  False is certain: a parsed name is ASCII (else
         it holds U+FFFD), so such a field starts a line with these bytes,
         lowered, and a colon.  True may be wrong (a name holding ":")."""
-        return b"\n" + lowered.encode() + b":" in b"\n" + b"\n".join(self._raw).lower()
+        return (b"\n" + b"\n".join(self._raw)).lower().find(b"\n" + lowered.encode() + b":") >= 0
 
     def get(self, name: str, default: str | None = None) -> str | None:
         for header in self.fields:
