@@ -7,6 +7,7 @@ helpers here work on *unstuffed* lines, as bytes: mail is not text.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -33,6 +34,14 @@ def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[by
     """``Name: value`` as one or more lines, folded at white space before
     ``width`` bytes where possible (continuation lines start with a TAB).
     CR/LF in the value are refused: they would forge extra headers."""
+    return list(_folded(name, value, width))
+
+
+@functools.lru_cache(maxsize=256)
+def _folded(name: str | bytes, value: str | bytes, width: int) -> tuple[bytes, ...]:
+    # Remembered: a filter mostly adds the same few headers to every message
+    # (a tag, a score out of 101), and folding costs more than the lookup;
+    # unique values (a signature) just pass through the small cache.
     name_b, value_b = _as_bytes(name), _as_bytes(value)
     # (bytes as ints: "13 in value" is a byte search in C, b"\r" in value
     # first takes a buffer of the needle, several times as long)
@@ -41,7 +50,7 @@ def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[by
     if not name_b or _COLON in name_b or _SPACE in name_b:
         raise ValueError(f"bad header name {name_b!r}")
     if len(name_b) + 2 + len(value_b) <= width:
-        return [name_b + b": " + value_b]  # fits: what the loop below would give
+        return (name_b + b": " + value_b,)  # fits: what the loop below would give
     words = value_b.split(b" ")
     lines: list[bytes] = []
     current = name_b + b":"
@@ -53,7 +62,7 @@ def fold(name: str | bytes, value: str | bytes, width: int = FOLD_AT) -> list[by
         else:
             current = candidate
     lines.append(current)
-    return lines
+    return tuple(lines)
 
 
 @dataclass

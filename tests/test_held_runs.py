@@ -43,6 +43,8 @@ def tagger(logs: list[bytes], cap: int | None = None, lines: bool = False) -> Fi
             return reject("550 refused")
         if headers.get("Subject") == "break me":
             raise RuntimeError("broken")
+        if headers.get("Subject") == "stretch me":  # a line smtpd < 7.4 cuts
+            headers.add("X-Long", "s" * 2100)
         headers.remove("X-Tag")
         headers.add("X-Tag", "held")
 
@@ -92,7 +94,18 @@ def watched(logs: list[bytes], cap: int | None = None, lines: bool = False) -> F
     return f
 
 
-FILTERS = {"tagger": tagger, "whole": whole, "watched": watched}
+def plain(logs: list[bytes], cap: int | None = None, lines: bool = False) -> Filter:
+    """No message handler at all: every line passes (a connect-time filter's
+    shape), or with ``lines`` a data-line handler sees each."""
+    f = Filter("held", max_message_size=cap)
+    f.log = Logger("held", write=logs.append)
+    f.on("commit")(lambda session: None)
+    if lines:
+        f.on_data_line(lambda session, line: line.upper() if line.startswith(b"shout") else None)
+    return f
+
+
+FILTERS = {"tagger": tagger, "whole": whole, "watched": watched, "plain": plain}
 
 
 class Fed:
@@ -142,10 +155,40 @@ BODY = [b"line %d of the body" % i for i in range(300)]
 # -- transcripts ---------------------------------------------------------------
 
 
-def test_a_tagged_message_in_one_chunk_goes_out_in_blocks():
-    # the header block taken as one run; the edited block and the body go out as one block each
+def test_a_tagged_message_in_one_chunk_goes_out_as_one_block():
+    # the whole message taken at once (_message_at_once): no stream opened,
+    # the edited header block, the body and the "." in one block
     fed = Fed(tagger)
     fed.feed(as_input(message(fed.wire, SID, HEADERS, BODY[:40])))
+    expected = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""] + BODY[:40] + [b"."]
+    assert fed.take() == answers(SID, expected)
+    assert fed.blocks == 1
+    assert fed.engine._streams == {} and fed.engine._held_lane == {} and fed.engine._fast == {}
+
+
+def test_header_lines_starting_with_a_dot_leave_stuffed_as_they_came():
+    # "..x" on the wire is ".x" to the handler, and "..x" again on the way out,
+    # first line of the block included
+    seen = []
+    f = Filter("held")
+    f.on_headers(lambda session, headers: seen.extend(h.name for h in headers))
+    fed = Fed(lambda logs, **kw: f)
+    for stuffed in ([b"..Odd: first", b"From: <bob@example.org>"], [b"From: <bob@example.org>", b"..Odd: later"]):
+        fed.feed(as_input(message(fed.wire, SID, stuffed, BODY[:20])))
+        assert fed.take() == answers(SID, stuffed + [b""] + BODY[:20] + [b"."])
+        assert sorted(seen) == [".Odd", "From"]
+        seen.clear()
+        fed.feed(as_input([fed.wire.report(stamp(0), "link-disconnect", SID)]))
+    assert fed.blocks == 2
+
+
+def test_a_tagged_message_cut_by_the_chunk_goes_out_in_blocks():
+    # the message's end is in the next read: the header block is taken as
+    # one run, the edited block and the body go out as one block each
+    fed = Fed(tagger)
+    data = as_input(message(fed.wire, SID, HEADERS, BODY[:40]))
+    fed.feed(data[:-10])
+    fed.feed(data[-10:])
     expected = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""] + BODY[:40] + [b"."]
     assert fed.take() == answers(SID, expected)
     assert fed.blocks == 2
@@ -216,7 +259,7 @@ def _damage(rng: random.Random, line: bytes) -> bytes:
     return line[: rng.randrange(len(line) + 1)]  # cut short
 
 
-HEADER_CHOICES = [b"Subject: refuse me", b"Subject: break me", b"X-Tag: forged", b"\tfolded on", b" folded",
+HEADER_CHOICES = [b"Subject: refuse me", b"Subject: break me", b"Subject: stretch me", b"X-Tag: forged", b"\tfolded on", b" folded",
                   b"not a header", b".Dotted: header", b"..", b"Name : spaced", b"8bit: \xe9\xff|bar|"]
 BODY_CHOICES = [b"", b"..", b"x", b"..stuffed", b"shout it", b"a line of text", b"8bit \xe9|bar|",
                 b"z" * 2047, b"z" * 2100, b"y" * 100, b"From: a body line"]
