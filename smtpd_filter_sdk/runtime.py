@@ -88,11 +88,17 @@ def _heads_match(run: list[bytes], model: bytes, marker: bytes) -> bool:
 def _run_length(lines: list[bytes], at: int, marker: bytes, where: int) -> int:
     """How many lines from ``lines[at]`` on probably continue its stream
     (``marker``, b"|data-line|SID|TOK|", at ``where`` in each): up to the
-    last line, or a boundary found by bisection.  A guess when streams
+    last line, or a boundary found by bisection (between the last of the
+    lines 32, 64, 128, ... on that still matches and the next: most
+    messages are short and a read holds many).  A guess when streams
     alternate; the caller's proof (``_heads_match``) decides."""
-    if lines[-1].startswith(marker, where):
-        return len(lines) - at
-    lo, hi = at, len(lines) - 1
+    end = len(lines) - 1
+    if lines[end].startswith(marker, where):
+        return end + 1 - at
+    lo, step = at, 32
+    while at + step < end and lines[at + step].startswith(marker, where):
+        lo, step = at + step, step * 2
+    hi = min(at + step, end)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if lines[mid].startswith(marker, where):
@@ -139,6 +145,28 @@ def _header_block(payloads: list[bytes]) -> tuple[list[bytes], int]:
     unstuffed, and how many lines it took: up to the first empty line, or a
     line that is neither a field nor a continuation (``_header_line``'s
     rule, for a block taken whole)."""
+    try:
+        n = payloads.index(b"")
+    except ValueError:
+        n = len(payloads)
+    if n:
+        # Most blocks end at an empty line, and their lines are fields or
+        # continuations, none stuffed: seen in C over the joined block, a
+        # continuation's leading white space read as a colon, then every
+        # byte but colons and newlines dropped (no line may be left bare).
+        block = payloads[:n]
+        joined = b"\n".join(block)
+        if joined[:1] != b"." and b"\n." not in joined:
+            marks = (b":" + joined).replace(b"\n ", b"\n:").replace(b"\n\t", b"\n:")
+            marks = marks.translate(None, _ALL_BUT_COLON_AND_NEWLINE)
+            if b"\n\n" not in marks and marks[-1:] != b"\n":
+                return block, n
+    return _header_block_by_line(payloads)
+
+
+def _header_block_by_line(payloads: list[bytes]) -> tuple[list[bytes], int]:
+    """``_header_block``, a line at a time (the rule as ``_header_line``
+    applies it)."""
     block: list[bytes] = []
     for payload in payloads:
         text = payload[1:] if payload[:1] == b"." else payload
@@ -146,6 +174,9 @@ def _header_block(payloads: list[bytes]) -> tuple[list[bytes], int]:
             break
         block.append(text)
     return block, len(block)
+
+
+_ALL_BUT_COLON_AND_NEWLINE = bytes(range(256)).translate(None, b":\n")
 
 
 @dataclass(slots=True, eq=False)
@@ -546,7 +577,7 @@ class Engine:
             if result is None:
                 edited = headers.lines()
                 written = prefix + sep.join(edited)
-                if edited and (edited[0][:1] == b"." or sep + b"." in written):  # lines to stuff again
+                if b"|." in written:  # maybe a line to stuff again (or just a "|." in a line)
                     edited = [b"." + text if text[:1] == b"." else text for text in edited]
                     written = prefix + sep.join(edited)
                 # (A block shorter than smtpd's line limit holds no line over it.)
@@ -1131,9 +1162,11 @@ class Engine:
             self._held_lane.pop(key, None)
 
     def _drop_stream(self, sid: bytes) -> None:
-        self._held_lane.pop(sid + b"|", None)
         self._streams.pop(sid, None)
-        self._fast.pop(sid + b"|", None)
+        if self._fast or self._held_lane:  # (mostly empty between messages)
+            key = sid + b"|"
+            self._held_lane.pop(key, None)
+            self._fast.pop(key, None)
 
     def _session(self, stream: _Stream) -> Session:
         return stream.session

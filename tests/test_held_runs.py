@@ -315,3 +315,10 @@ def test_held_runs_answer_and_log_exactly_what_the_line_path_does(case):
     assert by_run.logs == by_line.logs
     assert by_run.engine._streams.keys() == by_line.engine._streams.keys()
     assert by_run.engine._verdicts == by_line.engine._verdicts
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(HEADER_CHOICES + HEADERS + [b"", b".", b" ", b"\t", b":"]),
+                          st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"n"))), max_size=14))
+def test_the_header_block_taken_whole_ends_where_the_line_rule_ends_it(payloads):
+    assert runtime._header_block(payloads) == runtime._header_block_by_line(payloads)
