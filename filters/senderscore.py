@@ -233,7 +233,9 @@ class SenderScore:
     def prefetch(self, session: Any) -> None:
         """Start the lookup at link-connect, so that it runs while smtpd
         gets to the connect phase (and never blocks anyone)."""
-        if self.immediate(session) is not None:
+        known = self.immediate(session)
+        if known is not None:
+            session.data[KEY] = known  # connect answers with it, no second look
             return
         try:
             asyncio.get_running_loop()
@@ -317,10 +319,15 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
             await asyncio.sleep(wait)
         return decision
 
-    def decide(session, score: Score) -> Any:
-        """The connect answer for a score: the decision, or (with a
-        -slowFactor delay) an awaitable that waits, then gives it."""
-        session.data[KEY] = score
+    # What a score means at connect (the decision, the log line after the
+    # client's address, the delay) is the same for every session with that
+    # score: worked out once per score, not per session.
+    outcomes: dict[Score, tuple[Any, str | None, float]] = {}
+
+    def outcome(score: Score) -> tuple[Any, str | None, float]:
+        found = outcomes.get(score)
+        if found is not None:
+            return found
         decision: Any = None
         verdict = "proceed"
         if ss.opts.blockPhase == "connect" and ss.blocked(score):
@@ -330,11 +337,21 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
         elif ss.blocked(score):
             verdict = f"proceed, disconnect at {ss.opts.blockPhase} (below {ss.opts.blockBelow})"
         wait = ss.delay(score)
-        if score.source != "local":
-            slow = f", delay {wait * 1000:.0f}ms" if wait else ""
-            f.log(f"connect addr={session.src.host if session.src else '?'} {score.describe()}: {verdict}{slow}{dry}", session.id)
-        if opts.dryRun:
-            decision = None
+        slow = f", delay {wait * 1000:.0f}ms" if wait else ""
+        tail = None if score.source == "local" else f"{score.describe()}: {verdict}{slow}{dry}"
+        if len(outcomes) >= 4096:  # error details vary: keep it bounded
+            outcomes.clear()
+        found = outcomes[score] = (None if opts.dryRun else decision, tail, wait)
+        return found
+
+    def decide(session, score: Score) -> Any:
+        """The connect answer for a score: the decision, or (with a
+        -slowFactor delay) an awaitable that waits, then gives it."""
+        session.data[KEY] = score
+        decision, tail, wait = outcome(score)
+        if tail is not None:  # local sessions are not logged
+            src = session.src
+            f.log(f"connect addr={src.host if src else '?'} {tail}", session.id)
         return answer(session, "connect", decision, score) if wait else decision
 
     async def look_up_then_decide(session) -> Any:
@@ -380,10 +397,12 @@ def build(opts: Options, resolver: Resolver | None = None) -> Filter:
         def header(session, headers):
             # What the client sent comes after smtpd's own Received header;
             # headers above it were added by smtpd or earlier filters.
-            first_received = next((i for i, h in enumerate(headers.fields) if h.name.lower() == "received"), -1)
-            keep = headers.fields[: first_received + 1]
-            client = [h for h in headers.fields[first_received + 1 :] if h.name.lower() != HEADER.lower()]
-            headers.fields = keep + client
+            # A block without one is never split into fields (the lazy test).
+            if HEADER in headers:
+                first_received = next((i for i, h in enumerate(headers.fields) if h.name.lower() == "received"), -1)
+                keep = headers.fields[: first_received + 1]
+                client = [h for h in headers.fields[first_received + 1 :] if h.name.lower() != HEADER.lower()]
+                headers.fields = keep + client
             # The connect answer normally came first (smtpd waits for it);
             # a stream sent ahead of the answers (a transcript) may bring the
             # message before: then a score known without a lookup counts.

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 #: Fold injected headers before this many bytes per line (RFC 5322 §2.1.1).
 FOLD_AT = 78
+_CR, _LF, _COLON, _SPACE = b"\r\n: "
 
 
 def unstuff(line: bytes) -> bytes:
@@ -42,10 +43,14 @@ def _folded(name: str | bytes, value: str | bytes, width: int) -> tuple[bytes, .
     # (a tag, a score out of 101), and folding costs more than the lookup;
     # unique values (a signature) just pass through the small cache.
     name_b, value_b = _as_bytes(name), _as_bytes(value)
-    if b"\r" in value_b or b"\n" in value_b or b"\r" in name_b or b"\n" in name_b:
+    # (bytes as ints: "13 in value" is a byte search in C, b"\r" in value
+    # first takes a buffer of the needle, several times as long)
+    if _CR in value_b or _LF in value_b or _CR in name_b or _LF in name_b:
         raise ValueError("header name/value must not contain CR or LF")
-    if not name_b or b":" in name_b or b" " in name_b:
+    if not name_b or _COLON in name_b or _SPACE in name_b:
         raise ValueError(f"bad header name {name_b!r}")
+    if len(name_b) + 2 + len(value_b) <= width:
+        return (name_b + b": " + value_b,)  # fits: what the loop below would give
     words = value_b.split(b" ")
     lines: list[bytes] = []
     current = name_b + b":"
@@ -146,7 +151,23 @@ class Headers:
         return len(self.fields)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        if not isinstance(name, str):
+            return False
+        if self._fields is None and name and name.isascii():
+            lowered = name.lower()
+            if not self._raw_may_hold(lowered):
+                # Not in the lines as they came: only the prepended ones can
+                # hold it, and the block stays unsplit (a tagger's "strip
+                # the client's copy, if any" costs one look in C).
+                return any(h.name.lower() == lowered for h in self._front) if self._front else False
+        return self.get(name) is not None
+
+    def _raw_may_hold(self, lowered: str) -> bool:
+        """Whether a field named ``lowered`` (ASCII, lower case) may be among
+        the unparsed lines.  False is certain: a parsed name is ASCII (else
+        it holds U+FFFD), so such a field starts a line with these bytes,
+        lowered, and a colon.  True may be wrong (a name holding ":")."""
+        return (b"\n" + b"\n".join(self._raw)).lower().find(b"\n" + lowered.encode() + b":") >= 0
 
     def get(self, name: str, default: str | None = None) -> str | None:
         for header in self.fields:
@@ -170,9 +191,7 @@ class Headers:
         """Remove every header of that name; return how many were removed."""
         lowered = name.lower()
         if self._fields is None and name and name.isascii():
-            # A parsed name is ASCII (else it holds U+FFFD), so one of this
-            # name starts a line with these bytes, lowered, and a colon.
-            if b"\n" + lowered.encode() + b":" not in b"\n" + b"\n".join(self._raw).lower():
+            if not self._raw_may_hold(lowered):
                 before = len(self._front)
                 self._front = [h for h in self._front if h.name.lower() != lowered]
                 return before - len(self._front)

@@ -36,7 +36,7 @@ from . import protocol as p
 from .filter import LEGACY_LINE_CUT, LINE_TOO_LONG, Filter, Handler
 from .log import Logger, describe_line
 from .message import Headers, Message, stuff, unstuff
-from .responses import Decision, Proceed, Reject, failure_decision, is_decision, refusal
+from .responses import DECISION_TYPES, Decision, Proceed, Reject, failure_decision, is_decision, refusal
 from .session import Session, SessionTable, apply_report
 
 #: What one read takes at most.  (256 KiB was tried: no faster on small
@@ -109,6 +109,9 @@ def _run_length(lines: list[bytes], at: int, marker: bytes, where: int) -> int:
             hi = mid
     return hi - at
 
+
+#: The most bytes of SID|TOK and decision a filter-result line may carry.
+_RESULT_ROOM = p.MAX_OUTPUT_LINE - len(b"filter-result||")
 
 # Data stream modes
 _PASS = 0  # echo lines unchanged (the fast path)
@@ -259,6 +262,9 @@ class Engine:
         # failure policy's answer from its done callback, so every request
         # read gets exactly one answer.
         self._owed: dict[asyncio.Task[Any], tuple[p.Request, Session]] = {}
+        # decision (None: proceed) -> its wire, once an answer with it
+        # passed is_fatal_output (see _answer)
+        self._safe_wires: dict[Decision | None, bytes] = {}
         self._phase_handlers = filt.phase_handlers
         self._report_handlers = filt.report_handlers
         self._quiet_events = {b"link-disconnect", b"tx-reset"} - {e.encode() for _, e in filt.report_handlers}
@@ -693,7 +699,7 @@ class Engine:
                 elif len(parts) == 8 and parts[4] in self._unhandled and self._proceed(parts[1], parts[5], parts[6]):
                     pass
                 else:
-                    self._request(line)
+                    self._request(parts)
             elif line[:7] == b"report|":
                 self._report(line)
             elif line[:7] == b"config|":
@@ -911,8 +917,9 @@ class Engine:
         self.out.append(b"filter-result|" + p.response_ids(rules, sid, token) + b"|proceed")
         return True
 
-    def _request(self, line: bytes) -> None:
-        req = p.parse_request(line)
+    def _request(self, parts: list[bytes]) -> None:
+        """A filter request, split (``line.split(b"|", 7)``)."""
+        req = p.request_fields(parts)
         session = self.sessions.get(req.session)
         try:
             self._dispatch(req, session)
@@ -947,7 +954,8 @@ class Engine:
         for i, handler in enumerate(handlers):
             try:
                 result = handler.fn(session, *args)
-                if inspect.isawaitable(result):
+                # (a decision or None, the usual answer, is never awaitable)
+                if result is not None and type(result) not in DECISION_TYPES and inspect.isawaitable(result):
                     task = self._spawn(
                         session.id,
                         self._finish_chain(req, session, result, handlers[i + 1 :], args),
@@ -1019,9 +1027,33 @@ class Engine:
         return decision
 
     def _answer(self, req: p.Request, session: Session, decision: Decision | None) -> None:
+        ids = req.ids
+        try:
+            known = self._safe_wires.get(decision)
+        except TypeError:  # a decision holding something unhashable: the full look
+            known = None
+        if (
+            known is not None
+            and len(ids) + len(known) <= _RESULT_ROOM
+            and ids.count(b"|") == 1
+            and p.CR not in ids
+            and p.LF not in ids
+        ):
+            # A decision whose answer passed is_fatal_output (below) passes
+            # it with any SID|TOK that is two fields without CR/LF and
+            # leaves the line short enough: no need to look again.
+            self.out.append(b"filter-result|" + ids + b"|" + known)
+            return
         wire = decision.wire if decision is not None else b"proceed"
-        line = b"filter-result|" + req.ids + b"|" + wire
+        line = b"filter-result|" + ids + b"|" + wire
         reason = p.is_fatal_output(line)
+        if not reason and ids.count(b"|") == 1:
+            if len(self._safe_wires) >= 1024:  # reply texts may vary: keep it bounded
+                self._safe_wires.clear()
+            try:
+                self._safe_wires[decision] = wire
+            except TypeError:
+                pass
         if reason:  # cannot happen with checked decisions; never let it reach smtpd
             self.log(f"{req.phase}: not writing {describe_line(line)} ({reason})", session.id)
             line = b"filter-result|" + req.ids + b"|" + failure_decision(self.filter.on_error, req.phase).wire

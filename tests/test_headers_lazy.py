@@ -19,6 +19,7 @@ ops = st.lists(
         st.tuples(st.just("remove"), st.sampled_from(NAMES)),
         st.tuples(st.just("add"), st.sampled_from([n for n in NAMES if n and ":" not in n]), st.booleans()),
         st.tuples(st.just("get"), st.sampled_from(NAMES)),
+        st.tuples(st.just("contains"), st.sampled_from(NAMES)),
         st.tuples(st.just("lines")),
         st.tuples(st.just("replace"), st.sampled_from(["X-Tag", "New"])),
         st.tuples(st.just("set")),
@@ -42,6 +43,8 @@ def _apply(headers: Headers, op: tuple) -> object:
         return headers.add(op[1], "value of " + op[1], prepend=op[2])
     if kind == "get":
         return headers.get(op[1]), headers.get_all(op[1]), op[1] in headers, len(headers)
+    if kind == "contains":
+        return op[1] in headers
     if kind == "lines":
         return headers.lines()
     if kind == "replace":
@@ -54,6 +57,8 @@ def _apply(headers: Headers, op: tuple) -> object:
 @given(st.lists(st.sampled_from(LINES), max_size=12), ops)
 @example([b"X-Ta\xe9g: 8bit"], [("remove", "X-Ta\ufffdg")])  # a name decoded with U+FFFD
 @example([b"Kelvin: k"], [("remove", "\u212aelvin")])  # lowers to ASCII
+@example([b"a:b: x"], [("contains", "a:b")])  # the byte look finds it, the field is "a"
+@example([b"X-Tag: one"], [("add", "Kelvin", True), ("contains", "kelvin")])  # only among the added
 def test_a_lazy_block_answers_what_a_parsed_one_does(block, steps):
     lazy = Headers.parse(block)
     eager = Headers.parse(block)
@@ -71,3 +76,12 @@ def test_a_tagger_never_splits_the_block():
     assert headers.lines() == [b"X-Filtered-By: add-header", b"Received: from a", b"\tby b", b"Subject: s"]
     assert headers._fields is None  # still the lines as they came
     assert headers.remove("x-filtered-by") == 1 and headers.lines()[0] == b"Received: from a"
+
+
+def test_asking_for_a_header_the_block_lacks_does_not_split_it():
+    headers = Headers.parse([b"Received: from a", b"\tby b", b"Subject: s", b"X-Score-Not: 1"])
+    assert "X-Score" not in headers
+    headers.add("X-Score", "4")
+    assert "x-score" in headers  # the added one
+    assert headers._fields is None  # still the lines as they came
+    assert "subject" in headers and headers.get("X-Score") == "4"

@@ -2,6 +2,8 @@
 every byte they do not mean to change."""
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from smtpd_filter_sdk import Headers, Message, fold, stuff, unstuff
 from smtpd_filter_sdk.protocol import Config
@@ -140,6 +142,31 @@ def test_fold_keeps_lines_short_and_refuses_injection():
         fold("X-Evil", "a\r\nBcc: victim@example.org")
     with pytest.raises(ValueError):
         fold("Bad Name", "x")
+
+
+@given(
+    st.sampled_from(["X-SenderScore", "Authentication-Results", "X"]),
+    st.lists(st.text(alphabet="ab; \t=\u00e9", max_size=30), max_size=8).map(" ".join),
+    st.integers(10, 100),
+)
+@example("X-SenderScore", "4", 78)
+@example("X", "a" * 75, 78)  # exactly the width
+@example("X", "a" * 76, 78)  # one over: a single word is not cut
+@example("X", "a" * 37 + " " + "a" * 38, 78)  # one over, with a space: two lines
+@example("X", "aa " * 30, 20)
+def test_fold_unfolds_to_the_field_and_breaks_only_lines_that_do_not_fit(name, value, width):
+    lines = fold(name, value, width)
+    field = f"{name}: {value}".encode()
+    assert b" ".join([lines[0]] + [line[1:] for line in lines[1:]]) == field  # a break is a space
+    assert all(line[:1] == b"\t" for line in lines[1:])
+    if len(field) <= width:
+        assert lines == [field]
+    for i, line in enumerate(lines):  # longer only where one word (blank ones aside) is
+        if len(line) > width:
+            words = (line[len(name) + 2 :] if i == 0 else line[1:]).split(b" ")
+            assert len([word for word in words if word.strip()]) <= 1
+    for line, after in zip(lines, lines[1:]):  # each break was needed: the next word did not fit
+        assert len(line) + 1 + len(after[1:].split(b" ")[0]) > width
 
 
 def test_headers_parse_keeps_non_header_lines():
