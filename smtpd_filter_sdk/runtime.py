@@ -178,6 +178,7 @@ def _header_block_by_line(payloads: list[bytes]) -> tuple[list[bytes], int]:
     return block, len(block)
 
 
+_BAR = ord("|")
 _ALL_BUT_COLON_AND_NEWLINE = bytes(range(256)).translate(None, b":\n")
 
 
@@ -539,7 +540,7 @@ class Engine:
             return at
         sid, token = parts[5], parts[6]
         rules = p.rules_for(parts[1])
-        if rules is None or not sid or not token or b"\r" in sid or b"\r" in token or sid in self._streams:
+        if rules is None or not sid or not token or p.CR in sid or p.CR in token or sid in self._streams:
             return at
         ids = sid + b"|" + token + b"|"
         width = cut + len(ids)
@@ -836,7 +837,7 @@ class Engine:
         if not p.rules_for(version):
             return False
         if event == b"link-disconnect":
-            if b"|" in rest:
+            if _BAR in rest:
                 return False
             self._forget(p.decode_field(rest))
             return True
@@ -908,7 +909,7 @@ class Engine:
         message filter): ``proceed``, unless the message was refused; no
         record.  False: take the general path."""
         rules = p.rules_for(version)
-        if rules is None or not sid or not token or b"\r" in sid or b"\r" in token:
+        if rules is None or not sid or not token or p.CR in sid or p.CR in token:
             return False
         key = p.decode_field(sid)
         if key in self._verdicts:
@@ -1138,7 +1139,7 @@ class Engine:
     def _open_stream(self, parts: list[bytes]) -> _Stream | None:
         rules = p.rules_for(parts[1])
         sid, token = parts[5], parts[6]
-        if rules is None or not sid or not token or b"\r" in sid or b"\r" in token:
+        if rules is None or not sid or not token or p.CR in sid or p.CR in token:
             raise p.ProtocolError("data-line with bad version or ids")
         prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
         room = p.MAX_OUTPUT_LINE - len(prefix)
