@@ -562,22 +562,19 @@ class Engine:
             return at
         if not _heads_match(run, line[:width], marker):
             return at
-        lens = list(map(len, run))
-        if lens.count(width + 1) > 1:  # other one-byte lines: is the first "." the last line?
-            if not _cut_at_final_dot(run, lens, width) or len(run) != k - 1:
-                return at
-            run.append(last)
-            lens.append(width + 1)
+        # Every payload, the final "." last (and no other: the general path
+        # would end the message at the first).
+        payloads = list(map(itemgetter(slice(width, None)), run))
+        if payloads.count(b".") > 1:
+            return at
         prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
         room = p.MAX_OUTPUT_LINE - len(prefix)
         legacy_room = min(room, p.LEGACY_OUTPUT_LINE - len(prefix)) if rules.since < (0, 7) else room
-        if max(lens) > width + legacy_room:
+        if max(map(len, payloads)) > legacy_room:
             return at
         cap = self._max_size
-        if cap < float("inf") and sum(lens) + (2 - width) * (k - 1) - width - 1 > cap:
+        if cap < float("inf") and sum(map(len, payloads)) + 2 * (k - 1) - 1 > cap:
             return at
-        # Every payload, the final "." last.
-        payloads = list(map(itemgetter(slice(width, None)), run))
         sep = b"\n" + prefix
         handler = self.filter.headers_handler
         if handler is None:  # nothing to hold: the lines as they came
@@ -600,12 +597,15 @@ class Engine:
                     edited = [b"." + text if text[:1] == b"." else text for text in edited]
                     written = prefix + sep.join(edited)
                 # (A block shorter than smtpd's line limit holds no line over it.)
-                if not edited or len(written) <= legacy_room or max(map(len, edited)) <= legacy_room:
-                    self.out.append(written + sep + sep.join(payloads[n:]) if edited else prefix + sep.join(payloads[n:]))
+                if not edited:
+                    self.out.append(prefix + sep.join(payloads[n:]))
+                    return at + k
+                if len(written) <= legacy_room or max(map(len, edited)) <= legacy_room:
+                    self.out.append(sep.join(chain((written,), payloads[n:])))
                     return at + k
         stream = self._open_stream(parts)
         assert stream is not None
-        stream.ended, stream.size = True, sum(lens[: n + 1]) + (2 - width) * (n + 1)
+        stream.ended, stream.size = True, sum(map(len, payloads[: n + 1])) + 2 * (n + 1)
         self._handled(stream, session, headers, block, payloads[n:], result, raised)
         return at + k
 
