@@ -558,6 +558,7 @@ class Engine:
             # data-line answers, and EOF answers them (end_of_input).
             if self._holding and at + k == len(lines) and k <= _HOLD_BACK_MAX and _heads_match(run, line[:width], marker):
                 self._held_back = run
+                self.sessions.get(p.decode_field(sid))  # created on any line naming it
                 return at + k
             return at
         if not _heads_match(run, line[:width], marker):

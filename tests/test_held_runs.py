@@ -187,6 +187,7 @@ def test_a_small_message_cut_by_a_read_waits_for_its_end_then_goes_out_whole():
     data = as_input(message(fed.wire, SID, HEADERS, BODY[:40]))
     fed.feed(data[:-10])
     assert fed.take() == [] and fed.engine._streams == {}  # held back, no stream opened
+    assert fed.engine.sessions.peek(SID) is not None  # the session exists from its first line on
     fed.feed(data[-10:])
     expected = [b"X-Tag: held"] + [h for h in HEADERS if not h.startswith(b"X-Tag")] + [b""] + BODY[:40] + [b"."]
     assert fed.take() == answers(SID, expected)
