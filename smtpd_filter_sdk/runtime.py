@@ -597,10 +597,10 @@ class Engine:
                 if b"|." in written:  # maybe a line to stuff again (or just a "|." in a line)
                     edited = [b"." + text if text[:1] == b"." else text for text in edited]
                     written = prefix + sep.join(edited)
-                # (A block shorter than smtpd's line limit holds no line over it.)
                 if not edited:
                     self.out.append(prefix + sep.join(payloads[n:]))
                     return at + k
+                # (A block shorter than smtpd's line limit holds no line over it.)
                 if len(written) <= legacy_room or max(map(len, edited)) <= legacy_room:
                     self.out.append(sep.join(chain((written,), payloads[n:])))
                     return at + k
