@@ -50,7 +50,8 @@ _FAST_KEY = 17
 #: that, the block's fixed costs outweigh the per-line loop's.
 _RUN_MIN = 16
 #: A new message still going on at the end of a read, at most this many lines
-#: long, is held back for the next read (``_message_at_once``).
+#: (and READ_SIZE bytes) long, is held back for the next read
+#: (``_message_at_once``).
 _HOLD_BACK_MAX = 256
 #: Held messages (header blocks, whole messages, watched bodies) are taken
 #: in runs by ``_held_block``; False sends their lines down the general path
@@ -556,7 +557,13 @@ class Engine:
             # one, its lines wait for the rest (a read mostly cuts a small
             # message smtpd is still writing): smtpd does not wait for
             # data-line answers, and EOF answers them (end_of_input).
-            if self._holding and at + k == len(lines) and k <= _HOLD_BACK_MAX and _heads_match(run, line[:width], marker):
+            if (
+                self._holding
+                and at + k == len(lines)
+                and k <= _HOLD_BACK_MAX
+                and sum(map(len, run)) <= READ_SIZE
+                and _heads_match(run, line[:width], marker)
+            ):
                 self._held_back = run
                 self.sessions.get(p.decode_field(sid))  # created on any line naming it
                 return at + k

@@ -204,6 +204,17 @@ def test_lines_held_back_for_the_rest_of_their_message_are_answered_at_eof():
     assert fed.logs[-1].startswith(b"ignoring an incomplete last line at EOF")
 
 
+def test_a_message_of_long_lines_cut_by_a_read_is_not_held_past_one_read():
+    # 40 lines of 2,000 bytes: fewer than 256 lines, more than a read holds
+    fed = Fed(plain)
+    body = [b"w" * 2000] * 40
+    data = as_input(message(fed.wire, SID, HEADERS, body))
+    fed.feed(data[:-10])
+    assert fed.take() == answers(SID, HEADERS + [b""] + body)  # all but the cut final "."
+    fed.feed(data[-10:])
+    assert fed.take() == answers(SID, [b"."])
+
+
 def test_a_long_message_cut_by_a_read_goes_out_in_blocks_as_it_comes():
     # past _HOLD_BACK_MAX lines nothing waits: the header block is taken as
     # one run, the edited block and the body go out as one block each
