@@ -306,7 +306,10 @@ class Engine:
         handled without a method call or a record per line (``_scan``), and a
         long run of one pass-through stream's lines is answered as one block
         (``_run``): smtpd sends every line of every message, so this caps the
-        server.  Anything unusual falls through to ``handle_line``.
+        server.  A new message that is all in this chunk is taken at once
+        (``_message_at_once``), and the lines of one the chunk ends in wait
+        for the next (``_held_back``).  Anything unusual falls through to
+        ``handle_line``.
         """
         lines = data.split(b"\n")
         if self._carry:  # the line cut by the previous read (not a copy of the chunk)
@@ -324,7 +327,9 @@ class Engine:
     def _scan(
         self, lines: list[bytes], at: int, fast: _FastEntry | None
     ) -> tuple[int, _FastEntry | None, bytes]:
-        """Answer ``lines[at:]`` one by one, continuing the stream ``fast``.
+        """Answer ``lines[at:]`` one by one, continuing the stream ``fast``
+        (a whole new message at once, a commit or a closing report without
+        a second split).
 
         Stops early when a pass-through stream's second line in a row is
         followed by what looks like a run of its lines that ``_run`` may
