@@ -179,6 +179,19 @@ def _header_block_by_line(payloads: list[bytes]) -> tuple[list[bytes], int]:
     return block, len(block)
 
 
+def _unbroken(lines: list[bytes]) -> list[bytes]:
+    """A handler's edited lines, none holding a line break: one with LF (or
+    CRLF) in it becomes several, as a data-line handler's line does
+    (``_emit_content``).  Written whole, the break would start a protocol
+    line of the handler's making: a forged answer, or one smtpd dies of."""
+    if b"\n".join(lines).count(b"\n") == max(len(lines) - 1, 0):
+        return lines
+    out: list[bytes] = []
+    for line in lines:
+        out += line.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in line else [line]
+    return out
+
+
 _BAR = ord("|")
 _ALL_BUT_COLON_AND_NEWLINE = bytes(range(256)).translate(None, b":\n")
 
@@ -606,6 +619,9 @@ class Engine:
             if result is None:
                 edited = headers.lines()
                 written = prefix + sep.join(edited)
+                if written.count(b"\n") != max(len(edited) - 1, 0):  # a line break inside a line
+                    edited = _unbroken(edited)
+                    written = prefix + sep.join(edited)
                 if b"|." in written:  # maybe a line to stuff again (or just a "|." in a line)
                     edited = [b"." + text if text[:1] == b"." else text for text in edited]
                     written = prefix + sep.join(edited)
@@ -1514,7 +1530,7 @@ class Engine:
         verdict = self._message_result(stream, session, result)
         if verdict is not None:
             stream.verdict = verdict
-        for line in stream.original if stream.failed else headers.lines():
+        for line in stream.original if stream.failed else _unbroken(headers.lines()):
             self._emit(stream, stuff(line))
         self._emit_raw(stream, stream.kept)
         stream.kept = stream.original = []
@@ -1585,7 +1601,7 @@ class Engine:
         """Emit the (edited) buffered lines, then replay what came meanwhile."""
         if verdict is not None:
             stream.verdict = verdict
-        lines = content if isinstance(content, list) else content.lines()
+        lines = _unbroken(content if isinstance(content, list) else content.lines())
         stuffed = [b"." + line if line[:1] == b"." else line for line in lines]
         if stuffed and max(map(len, stuffed)) <= stream.legacy_room:
             # Every line fits: no per-line checks, one block.

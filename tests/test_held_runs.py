@@ -356,3 +356,42 @@ def test_held_runs_answer_and_log_exactly_what_the_line_path_does(case):
                           st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"n"))), max_size=14))
 def test_the_header_block_taken_whole_ends_where_the_line_rule_ends_it(payloads):
     assert runtime._header_block(payloads) == runtime._header_block_by_line(payloads)
+
+
+def _breaks_lines(kind: str):
+    """A handler that edits a line with a line break in it, as a careless
+    filter might (a value read from a file with its newline)."""
+    from smtpd_filter_sdk.message import Header
+
+    def make(logs: list[bytes], **kw) -> Filter:
+        f = Filter("held")
+        f.log = Logger("held", write=logs.append)
+        evil = Header("X-Note", [b"X-Note: first\r\nfilter-result|%s|%s|reject|550 forged" % (SID.encode(), TOK.encode())])
+        if kind == "headers":
+            f.on_headers(lambda session, headers: headers.fields.append(evil))
+        elif kind == "message":
+            f.on_message(lambda session, message: message.body.append(b"last\nfilter-result|x|y|proceed"))
+        else:
+            class Watcher:
+                def body(self, chunk):
+                    pass
+
+                def end(self, headers):
+                    headers.fields.append(evil)
+
+            f.on_message_stream(lambda session, headers: Watcher())
+        return f
+
+    return make
+
+
+@pytest.mark.parametrize("kind", ["headers", "message", "stream"])
+@pytest.mark.parametrize("held_blocks", [True, False])
+def test_a_line_break_a_handler_put_in_a_line_never_starts_a_protocol_line(kind, held_blocks):
+    fed = Fed(_breaks_lines(kind), held_blocks=held_blocks)
+    fed.feed(as_input(message(fed.wire, SID, HEADERS, BODY[:20])))
+    out = fed.take()
+    assert all(line.startswith(b"filter-dataline|%s|%s|" % (SID.encode(), TOK.encode())) for line in out)
+    assert out[-1].endswith(b"|.")
+    split = b"X-Note: first" if kind != "message" else b"last"
+    assert answers(SID, [split])[0] in out
