@@ -309,6 +309,7 @@ class Engine:
         )
         cap = filt.max_message_size
         self._max_size = cap if cap is not None and cap > 0 else float("inf")
+        self._capped = self._max_size < float("inf")
 
     # -- input -------------------------------------------------------------
 
@@ -389,10 +390,11 @@ class Engine:
                 continue
             if phase == b"data-line" and head == b"filter":
                 if not rest.startswith(ids):
-                    fast = fast_get(rest[:_FAST_KEY])
+                    key = rest[:_FAST_KEY]
+                    fast = fast_get(key)
                     if fast is None or not rest.startswith(fast[0]):
                         ids = b"\n"
-                        lane = lane_get(rest[:_FAST_KEY])
+                        lane = lane_get(key)
                         if (
                             lane is not None
                             and held_blocks
@@ -593,13 +595,11 @@ class Engine:
         payloads = list(map(itemgetter(slice(width, None)), run))
         if payloads.count(b".") > 1:
             return at
-        prefix = b"filter-dataline|" + p.response_ids(rules, sid, token) + b"|"
-        room = p.MAX_OUTPUT_LINE - len(prefix)
-        legacy_room = min(room, p.LEGACY_OUTPUT_LINE - len(prefix)) if rules.since < (0, 7) else room
+        prefix = b"filter-dataline|" + (token + b"|" + sid + b"|" if rules.token_first else ids)  # response_ids
+        legacy_room = (p.MAX_OUTPUT_LINE if rules.since >= (0, 7) else p.LEGACY_OUTPUT_LINE) - len(prefix)
         if max(map(len, payloads)) > legacy_room:
             return at
-        cap = self._max_size
-        if cap < float("inf") and sum(map(len, payloads)) + 2 * (k - 1) - 1 > cap:
+        if self._capped and sum(map(len, payloads)) + 2 * (k - 1) - 1 > self._max_size:
             return at
         sep = b"\n" + prefix
         handler = self.filter.headers_handler
