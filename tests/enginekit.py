@@ -41,3 +41,17 @@ class Driven:
 
 def requests_in(lines: Iterable[bytes]) -> list[bytes]:
     return [line for line in lines if line.startswith(b"filter|") and line.split(b"|")[4] != b"data-line"]
+
+
+def interleave_in_blocks(rng, per_session: list[list[bytes]], takes: tuple[int, ...]) -> list[bytes]:
+    """The sessions' lines merged as smtpd switches between sessions: a
+    block of ``rng.choice(takes)`` lines of one session at a time, each
+    session's lines in order."""
+    merged: list[bytes] = []
+    queues = [list(lines) for lines in per_session]
+    while any(queues):
+        q = rng.choice([q for q in queues if q])
+        take = rng.choice(takes)
+        merged += q[:take]
+        del q[:take]
+    return merged

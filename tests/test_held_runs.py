@@ -25,6 +25,8 @@ from smtpd_filter_sdk.log import Logger
 from smtpd_filter_sdk.runtime import Engine
 from smtpd_filter_sdk.testing.wire import Wire
 
+from enginekit import interleave_in_blocks
+
 SID, TOK = "a3785d2560151333", "e55e48d61a50a374"
 OTHER = "7641df9771b4ed01"
 HEADERS = [b"Received: from client (localhost [127.0.0.1])", b"\tby mx.test", b"From: <bob@example.org>",
@@ -318,13 +320,7 @@ def held_runs(draw):
             del msg[len(headers)]
         t += len(msg)
         per_session.append(msg)
-    merged: list[bytes] = []
-    queues = [list(m) for m in per_session]
-    while any(queues):
-        q = rng.choice([q for q in queues if q])
-        take = rng.choice((1, 3, 20, 300))
-        merged += q[:take]
-        del q[:take]
+    merged = interleave_in_blocks(rng, per_session, (1, 3, 20, 300))
     for _ in range(draw(st.integers(0, 3))):
         i = rng.randrange(len(merged))
         merged[i] = _damage(rng, merged[i])

@@ -21,6 +21,8 @@ from smtpd_filter_sdk.log import Logger
 from smtpd_filter_sdk.runtime import Engine
 from smtpd_filter_sdk.testing.wire import Wire
 
+from enginekit import interleave_in_blocks
+
 SID, TOK = "a3785d2560151333", "e55e48d61a50a374"
 OTHER = "7641df9771b4ed01"
 
@@ -224,13 +226,7 @@ def runs(draw):
         t += len(lines)
         per_session.append(lines)
     # interleave in blocks, as smtpd switches between sessions
-    merged: list[bytes] = []
-    queues = [list(lines) for lines in per_session]
-    while any(queues):
-        q = rng.choice([q for q in queues if q])
-        take = rng.choice((1, 3, 20, 200))
-        merged += q[:take]
-        del q[:take]
+    merged = interleave_in_blocks(rng, per_session, (1, 3, 20, 200))
     for _ in range(draw(st.integers(0, 4))):
         i = rng.randrange(len(merged))
         merged[i] = _damage(rng, merged[i])
