@@ -192,6 +192,30 @@ def _unbroken(lines: list[bytes]) -> list[bytes]:
     return out
 
 
+def _edited_block(headers: Headers, prefix: bytes, room: int) -> bytes | None:
+    """An edited header block as answer lines under ``prefix``, joined (b""
+    for an empty block); None when it needs the general path: a line that
+    is not bytes (``_edited_lines`` logs it) or one over ``room``."""
+    sep = b"\n" + prefix
+    try:
+        edited = headers.lines()
+        written = prefix + sep.join(edited)
+    except Exception:  # noqa: BLE001
+        return None
+    if not edited:
+        return b""
+    if written.count(b"\n") != len(edited) - 1:  # a line break inside a line
+        edited = _unbroken(edited)
+        written = prefix + sep.join(edited)
+    if b"|." in written:  # maybe a line to stuff again (or just a "|." in a line)
+        edited = [b"." + text if text[:1] == b"." else text for text in edited]
+        written = prefix + sep.join(edited)
+    # (A block shorter than smtpd's line limit holds no line over it.)
+    if len(written) <= room or max(map(len, edited)) <= room:
+        return written
+    return None
+
+
 _BAR = ord("|")
 _ALL_BUT_COLON_AND_NEWLINE = bytes(range(256)).translate(None, b":\n")
 
@@ -617,20 +641,10 @@ class Engine:
         else:
             raised = None
             if result is None:
-                edited = headers.lines()
-                written = prefix + sep.join(edited)
-                if written.count(b"\n") != max(len(edited) - 1, 0):  # a line break inside a line
-                    edited = _unbroken(edited)
-                    written = prefix + sep.join(edited)
-                if b"|." in written:  # maybe a line to stuff again (or just a "|." in a line)
-                    edited = [b"." + text if text[:1] == b"." else text for text in edited]
-                    written = prefix + sep.join(edited)
-                if not edited:
-                    self.out.append(prefix + sep.join(payloads[n:]))
-                    return at + k
-                # (A block shorter than smtpd's line limit holds no line over it.)
-                if len(written) <= legacy_room or max(map(len, edited)) <= legacy_room:
-                    self.out.append(sep.join(chain((written,), payloads[n:])))
+                written = _edited_block(headers, prefix, legacy_room)
+                if written is not None:
+                    rest = payloads[n:]  # the body, or what ended the block, and the "."
+                    self.out.append(sep.join(chain((written,), rest)) if written else prefix + sep.join(rest))
                     return at + k
         stream = self._open_stream(parts)
         assert stream is not None
@@ -1344,7 +1358,7 @@ class Engine:
         original, stream.buffer = stream.buffer, []
         if stream.too_long:
             # The message is refused at commit anyway; don't spend work on it.
-            self._release(stream, None, pending, original)
+            self._release(stream, None, pending, original, original)
             return
         if handler is None:
             self._start_watch(stream, session, pending, original)
@@ -1376,10 +1390,10 @@ class Engine:
         its verdict, then the (edited) lines and ``pending`` go out."""
         if raised is not None:
             self._message_failed(stream, session, f"raised {raised!r}")
-            self._release(stream, None, pending, original)
+            self._release(stream, None, pending, original, original)
             return
         verdict = self._message_result(stream, session, result)
-        self._release(stream, verdict, pending, original if stream.failed else target)
+        self._release(stream, verdict, pending, original if stream.failed else target, original)
 
     async def _async_message(
         self,
@@ -1402,7 +1416,7 @@ class Engine:
             self._message_failed(stream, session, f"raised {exc!r}")
         verdict = self._message_result(stream, session, result)
         held, stream.held = stream.held, []
-        self._release(stream, verdict, held, original if stream.failed else target)
+        self._release(stream, verdict, held, original if stream.failed else target, original)
         self.wake()
 
     def _message_failed(self, stream: _Stream, session: Session, why: str) -> None:
@@ -1439,10 +1453,10 @@ class Engine:
             why = "" if watcher is None or _is_watcher(watcher) else f"returned {watcher!r}, not a watcher"
         if why:
             self._message_failed(stream, session, why)
-            self._release(stream, None, pending, original)
+            self._release(stream, None, pending, original, original)
             return
         if watcher is None:  # not interested: nothing is held
-            self._release(stream, None, pending, headers)
+            self._release(stream, None, pending, headers, original)
             return
         stream.watcher, stream.headers, stream.original = watcher, headers, original
         self._set_mode(stream, _WATCH)
@@ -1530,7 +1544,10 @@ class Engine:
         verdict = self._message_result(stream, session, result)
         if verdict is not None:
             stream.verdict = verdict
-        for line in stream.original if stream.failed else _unbroken(headers.lines()):
+        lines = None if stream.failed else self._edited_lines(stream, headers)
+        if lines is None:
+            lines, stream.verdict = stream.original, None
+        for line in lines:
             self._emit(stream, stuff(line))
         self._emit_raw(stream, stream.kept)
         stream.kept = stream.original = []
@@ -1591,17 +1608,33 @@ class Engine:
         if verdict is not None:
             stream.verdict = verdict
 
+    def _edited_lines(self, stream: _Stream, content: Message | Headers | list[bytes]) -> list[bytes] | None:
+        """The lines a handler left to write, none holding a line break; None
+        (the handler failed, logged) when they are not lines of bytes (a
+        ``Header`` built by hand with text in it): they must not take the
+        stream down."""
+        try:
+            return _unbroken(content if isinstance(content, list) else content.lines())
+        except Exception as exc:  # noqa: BLE001
+            self._message_failed(stream, self._session(stream), f"left lines that cannot be written ({exc!r})")
+            return None
+
     def _release(
         self,
         stream: _Stream,
         verdict: Decision | None,
         pending: list[bytes],
         content: Message | Headers | list[bytes],
+        unchanged: list[bytes],
     ) -> None:
-        """Emit the (edited) buffered lines, then replay what came meanwhile."""
+        """Emit the (edited) buffered lines, then replay what came meanwhile.
+        ``unchanged``: the lines as they came, written instead when a
+        handler left ``content`` unwritable."""
+        lines = self._edited_lines(stream, content)
+        if lines is None:
+            lines, verdict = unchanged, None
         if verdict is not None:
             stream.verdict = verdict
-        lines = _unbroken(content if isinstance(content, list) else content.lines())
         stuffed = [b"." + line if line[:1] == b"." else line for line in lines]
         if stuffed and max(map(len, stuffed)) <= stream.legacy_room:
             # Every line fits: no per-line checks, one block.

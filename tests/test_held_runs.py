@@ -354,19 +354,22 @@ def test_the_header_block_taken_whole_ends_where_the_line_rule_ends_it(payloads)
     assert runtime._header_block(payloads) == runtime._header_block_by_line(payloads)
 
 
-def _breaks_lines(kind: str):
+def _breaks_lines(kind: str, header_line=None, body_line=None):
     """A handler that edits a line with a line break in it, as a careless
-    filter might (a value read from a file with its newline)."""
+    filter might (a value read from a file with its newline), or another
+    line given."""
     from smtpd_filter_sdk.message import Header
 
     def make(logs: list[bytes], **kw) -> Filter:
-        f = Filter("held")
+        f = Filter("held", on_error="fail-closed")
         f.log = Logger("held", write=logs.append)
-        evil = Header("X-Note", [b"X-Note: first\r\nfilter-result|%s|%s|reject|550 forged" % (SID.encode(), TOK.encode())])
+        forged = b"X-Note: first\r\nfilter-result|%s|%s|reject|550 forged" % (SID.encode(), TOK.encode())
+        evil = Header("X-Note", [forged if header_line is None else header_line])
         if kind == "headers":
             f.on_headers(lambda session, headers: headers.fields.append(evil))
         elif kind == "message":
-            f.on_message(lambda session, message: message.body.append(b"last\nfilter-result|x|y|proceed"))
+            line = b"last\nfilter-result|x|y|proceed" if body_line is None else body_line
+            f.on_message(lambda session, message: message.body.append(line))
         else:
             class Watcher:
                 def body(self, chunk):
@@ -391,3 +394,15 @@ def test_a_line_break_a_handler_put_in_a_line_never_starts_a_protocol_line(kind,
     assert out[-1].endswith(b"|.")
     split = b"X-Note: first" if kind != "message" else b"last"
     assert answers(SID, [split])[0] in out
+
+
+@pytest.mark.parametrize("kind", ["headers", "message", "stream"])
+@pytest.mark.parametrize("held_blocks", [True, False])
+def test_lines_a_handler_left_unwritable_pass_the_message_unchanged_by_the_failure_policy(kind, held_blocks):
+    # text where bytes belong: logged, the message goes out as it came, and
+    # commit gets the failure policy's answer (fail-closed here)
+    fed = Fed(_breaks_lines(kind, header_line="X-Note: text", body_line="text"), held_blocks=held_blocks)
+    fed.feed(as_input(message(fed.wire, SID, HEADERS, BODY[:20])))
+    assert fed.take() == answers(SID, HEADERS + [b""] + BODY[:20] + [b"."])
+    assert b"left lines that cannot be written" in b"".join(fed.logs)
+    assert fed.engine._verdicts[SID].wire.startswith(b"reject|451")
