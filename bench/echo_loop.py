@@ -19,15 +19,22 @@ def write_all(data: bytes) -> None:
         mv = mv[os.write(1, mv):]
 
 
-def main() -> int:
-    # handshake: everything up to config|ready (may span several reads)
+def handshake() -> bytes | None:
+    """Read up to ``config|ready`` (it may span several reads): what came
+    after it, or None at EOF."""
     buf = b""
     while b"config|ready\n" not in buf:
         chunk = os.read(0, 65536)
         if not chunk:
-            return 0
+            return None
         buf += chunk
-    rest = buf[buf.index(b"config|ready\n") + 13:]
+    return buf[buf.index(b"config|ready\n") + 13:]
+
+
+def main() -> int:
+    rest = handshake()
+    if rest is None:
+        return 0
     write_all(b"register|filter|smtp-in|data-line\n"
               b"register|filter|smtp-in|commit\n"
               b"register|ready\n")

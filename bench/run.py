@@ -32,7 +32,8 @@ completeness (every request answered, every message's final "." echoed).
 Shortcuts: @echo, @passthrough, @senderscore (Debian anchor, needs the fake
 DNS: run.py runs everything in a private network namespace whose only
 interface is lo, /etc/resolv.conf -> 127.0.0.1 where bench/fakedns.py
-answers; ``--isolate no`` to disable), @dkimsign (generates a throw-away key),
+answers; ``--isolate no`` to disable), @senderscore-loop (bench/senderscore_loop.py:
+py-filter-senderscore's work hand-written, the floor), @dkimsign (generates a throw-away key),
 @rspamd (not in the suite: run it with --isolate no against an rspamd
 already listening on 127.0.0.1:11333; the namespace has no rspamd).
 """
@@ -78,6 +79,8 @@ def shortcut(cmd: str, tmpdir: str | None = None) -> tuple[str, str]:
     extra = (" " + extra) if extra else ""
     if name in ("echo", "echo_loop"):
         return "echo_loop", "%s %s/echo_loop.py%s" % (FILTER_PY, HERE, extra)
+    if name in ("senderscore-loop", "senderscore_loop"):  # py-filter-senderscore's work, no SDK
+        return "senderscore_loop", "%s %s/senderscore_loop.py%s" % (FILTER_PY, HERE, extra)
     if name in ("passthrough", "sdk"):
         return "sdk-passthrough", "%s %s/passthrough.py%s" % (FILTER_PY, HERE, extra)
     if name in ("passthrough-lines", "sdk-lines"):
@@ -915,15 +918,17 @@ def mode_memory(a, out: Output, spec: str) -> dict:
 # --------------------------------------------------------------------------
 # Small messages: most mail (issue 13)
 
-SMALL_FILTERS = ("@echo", "@add_header", "@py-senderscore", "@senderscore")
+SMALL_FILTERS = ("@echo", "@add_header", "@py-senderscore", "@senderscore-loop", "@senderscore")
 
 
 def mode_small(a, out: Output) -> dict:
     """50-line and 10-line messages through echo_loop, the header-tagging
-    example, py-filter-senderscore and Debian's filter-senderscore (both
-    ``-junkBelow 80 -scoreHeader``, fake DNS in the private namespace), in
-    one run: open loop, runs rotated, medians.  Targets on 50 lines: the
-    SDK filters >= 0.6x echo_loop's sessions/s, and >= 3x filter-senderscore's."""
+    example, py-filter-senderscore, its hand-written floor
+    (senderscore_loop.py: the same answers without the SDK) and Debian's
+    filter-senderscore (``-junkBelow 80 -scoreHeader``, fake DNS in the
+    private namespace), in one run: open loop, runs rotated, medians.
+    Targets on 50 lines: the SDK filters >= 0.6x echo_loop's sessions/s, and
+    >= 3x filter-senderscore's."""
     env = filter_env(a)
     results = {}
     for nlines in (50, 10):
@@ -952,13 +957,15 @@ def mode_small(a, out: Output) -> dict:
         for s_ in summ.values():
             print(fmt_summary(s_), flush=True)
         res = {"lines": nlines, "summaries": summ, "ratios": {}}
-        for base in ("echo_loop", "filter-senderscore"):
+        for base in ("echo_loop", "filter-senderscore", "senderscore_loop"):
             bs = summ.get(base, {})
             if "sessions_per_s" not in bs:
                 continue
             for n, s_ in summ.items():
                 if n == base or "sessions_per_s" not in s_:
                     continue
+                if base == "senderscore_loop" and n != "py-filter-senderscore":
+                    continue  # the floor is senderscore's work: the SDK's share of it
                 key = "%s/%s" % (n, base)
                 mine, theirs = _per_cpu(s_), _per_cpu(bs)
                 c = res["ratios"][key] = {
@@ -1164,6 +1171,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--suite", action="store_true", help="run the standard set")
     ap.add_argument("--small", action="store_true",
                     help="50- and 10-line messages: echo_loop, add_header.py, py-filter-senderscore, "
+                         "its hand-written floor (senderscore_loop.py), "
                          "filter-senderscore side by side")
     ap.add_argument("--quick", action="store_true", help="smaller suite (~1 min)")
     ap.add_argument("--memory", action="store_true", help="peak RSS at several session counts")

@@ -1,5 +1,5 @@
 """Correctness of the benchmark tools (bench/gen_stream.py, bench/run.py,
-bench/echo_loop.py).  No timing assertions: these only check that the
+bench/echo_loop.py, bench/senderscore_loop.py).  No timing assertions: these only check that the
 generated streams have smtpd's exact shapes per protocol version and that the
 runner counts answers right; each test runs in milliseconds to a second."""
 
@@ -232,6 +232,52 @@ def test_runner_echo_loop_complete(version, window):
     assert r["exit"] == 0 and not r["killed_at_exit"]
     assert r["in_lines"] == 40 * r["lines_per_session"]
     assert r["max_rss_MB"] > 1
+
+
+@pytest.mark.parametrize("lines", [50, 10, 1])
+def test_senderscore_floor_answers_as_py_filter_senderscore(lines):
+    """bench/senderscore_loop.py, the hand-written floor the small-message
+    bench sets beside py-filter-senderscore, does the same work: fed the
+    stream py-filter-senderscore -junkBelow 80 -scoreHeader registers for
+    (the score cached as after the bench's first session), both answer
+    every line alike, X-SenderScore header and junk verdicts included."""
+    import asyncio
+    import subprocess
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "filters"))
+    import senderscore
+
+    from smtpd_filter_sdk.runtime import Engine
+
+    opts = senderscore.flags().parse(["-junkBelow", "80", "-scoreHeader", "-resolver", "127.0.0.1"])
+    filt = senderscore.build(opts)
+    filt.log = lambda *a, **k: None
+    score = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+                            "import senderscore_loop as s; print(s.SCORES[b'127.0.0.1'])" % BENCH],
+                           capture_output=True, text=True, check=True).stdout
+    filt.senderscore.cache.put("127.0.0.1", senderscore.Score(int(score), "dns"))
+    reports, phases = filt.registrations()
+    regs = ["register|report|%s|%s" % r for r in sorted(reports)]
+    regs += ["register|filter|smtp-in|%s" % ph for ph in sorted(phases)]
+    ev, ph = g.parse_registrations(regs)
+    st = g.Stream(g.StreamSpec(version="0.6", sessions=30, lines=lines, events=ev, phases=ph))
+    data = st.handshake_bytes() + b"".join(st.iter_sessions_bytes())
+
+    engine = Engine(filt, loop=asyncio.new_event_loop())
+    for at in range(0, len(data), 4096):  # reads that cut messages, as smtpd's do
+        engine.feed(data[at:at + 4096])
+    engine.end_of_input()
+    sdk = lines_of(b"\n".join(engine.out) + b"\n")
+    run = subprocess.run([sys.executable, os.path.join(BENCH, "senderscore_loop.py")],
+                         input=data, capture_output=True, check=True)
+    floor = lines_of(run.stdout)
+    assert sorted(l for l in floor if l.startswith("register|")) == sorted(
+        l for l in sdk if l.startswith("register|")), "the floor must register what the filter does"
+    answers = [l for l in sdk if not l.startswith("register|")]
+    assert [l for l in floor if not l.startswith("register|")] == answers
+    assert sum("|X-SenderScore: %d" % int(score) in l for l in answers) == 30
+    assert sum(l.endswith("|junk") for l in answers) == 30
+    assert run.stderr.count(b"junk") == 30  # one log line per decision
 
 
 def test_runner_counts_incomplete_when_answers_missing(tmp_path):
