@@ -189,8 +189,8 @@ def _damage(rng: random.Random, line: bytes) -> bytes:
     kind = rng.randrange(8)
     if kind == 0:  # a bar for the timestamp's dot
         return line.replace(b".", b"|", 1) if line.count(b".") else line
-    if kind == 1:  # a digit moved into "filter"
-        head, rest = line.split(b"|", 1)
+    if kind == 1:  # a digit moved into "filter" (a line cut short before may have no bar left)
+        head, _, rest = line.partition(b"|")
         return b"fil1ter|" + rest.replace(b"1", b"", 1) if head == b"filter" and b"1" in rest[:30] else line
     if kind == 2:  # another session id, one digit off
         return line.replace(SID.encode(), SID[:-1].encode() + b"4", 1)
