@@ -40,13 +40,9 @@ def main() -> int:
               b"register|ready\n")
 
     old = (b"0.1", b"0.2", b"0.3", b"0.4")   # responses are TOK|SID below 0.5
-    carry = rest
+    data = rest  # what came with the handshake is answered first (EOF may follow)
     read = os.read
     while True:
-        chunk = read(0, 65536)
-        if not chunk:
-            return 0
-        data = carry + chunk
         cut = data.rfind(b"\n") + 1
         carry = data[cut:]
         lines = data[:cut].split(b"\n")
@@ -76,6 +72,10 @@ def main() -> int:
         if out:
             out.append(b"")
             write_all(b"\n".join(out))
+        chunk = read(0, 65536)
+        if not chunk:
+            return 0
+        data = carry + chunk
 
 
 if __name__ == "__main__":

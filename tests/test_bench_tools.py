@@ -280,6 +280,22 @@ def test_senderscore_floor_answers_as_py_filter_senderscore(lines):
     assert run.stderr.count(b"junk") == 30  # one log line per decision
 
 
+@pytest.mark.parametrize("loop", ["echo_loop.py", "senderscore_loop.py"])
+def test_loops_answer_what_came_with_the_handshake_before_eof(loop):
+    """A stream piped in whole (the handshake, a session, EOF: one read) is
+    answered in full by the baselines too, as by the SDK (issue 13); the
+    echo loop once dropped what its handshake read brought."""
+    import subprocess
+
+    st = g.Stream(g.StreamSpec(version="0.6", sessions=2, lines=3))
+    run = subprocess.run([sys.executable, os.path.join(BENCH, loop)],
+                         input=st.handshake_bytes() + b"".join(st.iter_sessions_bytes()),
+                         capture_output=True, check=True)
+    answers = lines_of(run.stdout)
+    assert sum(l.startswith("filter-dataline|") and l.endswith("|.") for l in answers) == 2
+    assert sum(l.startswith("filter-result|") for l in answers) >= 2  # commit (and connect)
+
+
 def test_runner_counts_incomplete_when_answers_missing(tmp_path):
     """A filter that swallows data-lines never completes: reported, not hung."""
     f = tmp_path / "mute.py"
