@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import select
 import shlex
@@ -53,6 +54,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -987,6 +989,111 @@ def mode_small(a, out: Output) -> dict:
     return results
 
 
+#: --instructions leaves out what valgrind cannot count well: Go programs
+#: (their runtime's threads and signals) are compared by time only.
+NOT_UNDER_VALGRIND = ("filter-senderscore",)
+
+
+def callgrind_ir(cmd: str, env: dict, data: bytes) -> int | None:
+    """Instructions CMD executes (callgrind's Ir: user space, every
+    thread) reading DATA through a pipe until it exits at EOF; None if
+    valgrind reported none.  Repeatable: the same count whatever else the
+    machine does, where seconds on a shared 2-core VM vary by 15 %."""
+    argv = shlex.split(cmd)
+    # One hash seed: dict and set layouts, hence counts, the same every run.
+    env = dict(env, PYTHONHASHSEED="0")
+    if argv[:1] == ["env"]:  # the shortcuts' "env PYTHONPATH=... python ...": count python, not env
+        argv.pop(0)
+        while argv and "=" in argv[0] and not argv[0].startswith("-"):
+            key, _, value = argv.pop(0).partition("=")
+            env[key] = value
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv,
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(data)
+        except BrokenPipeError:
+            pass
+        finally:
+            proc.stdin.close()
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    err = proc.stderr.read()  # the filter's log lines too; valgrind's summary is last
+    writer.join()
+    proc.wait()
+    found = re.findall(rb"Collected : (\d+)", err)
+    return int(found[-1]) if found else None
+
+
+def instructions_per_session(a, name: str, cmd: str, lines: int) -> dict:
+    """Ir per session of CMD on the small-message stream of LINES-line
+    messages: (all N sessions - the first N/2) / (N - N/2), so start-up,
+    imports and what the first sessions alone cost (a first DNS lookup, code
+    imported on first use) cancel out."""
+    env = filter_env(a)
+    d = gen_stream.dialect(a.version)
+    fp = FilterProc(cmd, env, a.stderr_file)
+    try:
+        regs, _ = fp.handshake(("\n".join(d.handshake()) + "\n").encode(), a.handshake_timeout)
+    finally:
+        fp.finish(a.exit_timeout)
+    b = argparse.Namespace(**vars(a))
+    b.lines, b.size = lines, None
+    st = get_stream(b, regs)
+    head, n = st.handshake_bytes(), st.spec.sessions
+    half = n // 2
+    base = callgrind_ir(cmd, env, head + b"".join(st.iter_chunks(stop=half)))
+    whole = callgrind_ir(cmd, env, head + b"".join(st.iter_chunks()))
+    if base is None or whole is None or n - half < 1:
+        return {"name": name, "error": "valgrind counted nothing (is it installed?)"}
+    return {"name": name, "lines": lines, "sessions": n - half,
+            "ir_per_session": (whole - base) / (n - half)}
+
+
+def mode_instructions(a, out: Output) -> dict:
+    """--small --instructions: the small-message filters' instructions per
+    session (callgrind), each against echo_loop's in the same stream, and
+    py-filter-senderscore against its floor.  The ratio is sessions per
+    instruction, comparable with --small's sessions/s ratios: where the two
+    differ, the filter's instructions run slower (fewer per cycle) than the
+    loop's."""
+    if shutil.which("valgrind") is None:
+        print("--instructions: skipped: valgrind is not installed", flush=True)
+        return {}
+    env = filter_env(a)
+    results: dict = {}
+    for nlines in (50, 10):
+        counts: dict[str, float] = {}
+        for spec in SMALL_FILTERS:
+            name, cmd = shortcut(spec, a.tmpdir)
+            miss = missing_binary(cmd.replace("env PYTHONPATH=%s " % REPO, ""), env)
+            why = ("not installed (%s)" % miss if miss else "needs the private namespace" if dns_unsafe(cmd)
+                   else "compared by time only (valgrind counts Go programs badly)"
+                   if name in NOT_UNDER_VALGRIND else None)
+            if why:
+                print("%s: skipped: %s" % (name, why), flush=True)
+                continue
+            r = instructions_per_session(a, name, cmd, nlines)
+            if "error" in r:
+                print("%s: %s" % (name, r["error"]), flush=True)
+                continue
+            counts[name] = r["ir_per_session"]
+            print("%-22s %d-line messages: %10.0f instructions/session  (the last %d sessions)" % (
+                name, nlines, counts[name], r["sessions"]), flush=True)
+        ratios = {}
+        for n, ir in counts.items():
+            for base in ("echo_loop", "senderscore_loop"):
+                if base in counts and n != base and (base == "echo_loop" or n == "py-filter-senderscore"):
+                    ratios["%s/%s" % (n, base)] = round(counts[base] / ir, 3)
+        for key, ratio in ratios.items():
+            print("ratio %s, %d-line messages: sessions per instruction %.3f" % (key, nlines, ratio), flush=True)
+        results["%dl" % nlines] = {"ir_per_session": counts, "ratios": ratios}
+    out.note({"instruction_results": results})
+    return results
+
+
 def _per_cpu(s: dict) -> float | None:
     """Sessions per filter CPU-second (user + sys over the filter's life)."""
     cpu = (s.get("cpu_user_s") or 0) + (s.get("cpu_sys_s") or 0)
@@ -1173,6 +1280,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="50- and 10-line messages: echo_loop, add_header.py, py-filter-senderscore, "
                          "its hand-written floor (senderscore_loop.py), "
                          "filter-senderscore side by side")
+    ap.add_argument("--instructions", action="store_true",
+                    help="with --small: instructions per session (valgrind's callgrind) instead "
+                         "of time: repeatable on a noisy machine; Go anchors left out")
     ap.add_argument("--quick", action="store_true", help="smaller suite (~1 min)")
     ap.add_argument("--memory", action="store_true", help="peak RSS at several session counts")
     ap.add_argument("--memory-sessions", default="1e4,1e5,1e6")
@@ -1249,6 +1359,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.suite:
             return mode_suite(a, out)
+        if a.small and a.instructions:
+            mode_instructions(a, out)
+            return 0
         if a.small:
             mode_small(a, out)
             return 0

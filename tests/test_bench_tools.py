@@ -296,6 +296,23 @@ def test_loops_answer_what_came_with_the_handshake_before_eof(loop):
     assert sum(l.startswith("filter-result|") for l in answers) >= 2  # commit (and connect)
 
 
+@pytest.mark.skipif(not runner.shutil.which("valgrind"), reason="valgrind is not installed")
+def test_instruction_counts_per_session_are_repeatable_and_tell_work_apart():
+    """--small --instructions (callgrind's Ir per session) is what a noisy
+    machine can still compare: the same filter on the same stream counts
+    the same twice, and the floor, which does senderscore's work on top of
+    echoing, counts more per session than the echo loop it is built on."""
+    a = bench_args(sessions=200, lines=10, stderr_file=None, handshake_timeout=10.0, exit_timeout=10.0)
+    # (through env(1), as the shortcuts run the SDK's filters: python is counted, not env)
+    floor = "env SCORE_UNUSED=1 %s %s" % (sys.executable, os.path.join(BENCH, "senderscore_loop.py"))
+    echo = runner.instructions_per_session(a, "echo_loop", ECHO, 10)
+    again = runner.instructions_per_session(a, "echo_loop", ECHO, 10)
+    more = runner.instructions_per_session(a, "senderscore_loop", floor, 10)
+    assert echo["sessions"] == 100  # the last half: the first half's one-time costs cancel out
+    assert abs(again["ir_per_session"] - echo["ir_per_session"]) < 0.01 * echo["ir_per_session"], (echo, again)
+    assert more["ir_per_session"] > 1.2 * echo["ir_per_session"], (echo, more)
+
+
 def test_runner_counts_incomplete_when_answers_missing(tmp_path):
     """A filter that swallows data-lines never completes: reported, not hung."""
     f = tmp_path / "mute.py"
