@@ -28,6 +28,7 @@ completeness (every request answered, every message's final "." echoed).
   run.py --window 8 --lines 50 "python3 my_filter.py -x"
   run.py --memory --memory-sessions 1e4,1e5,1e6 @passthrough
   run.py --suite [--quick]                      # the standard set, a few minutes
+  run.py --small [--instructions]               # small messages, by time (or by instruction count)
 
 Shortcuts: @echo, @passthrough, @senderscore (Debian anchor, needs the fake
 DNS: run.py runs everything in a private network namespace whose only
@@ -921,6 +922,28 @@ def mode_memory(a, out: Output, spec: str) -> dict:
 # Small messages: most mail (issue 13)
 
 SMALL_FILTERS = ("@echo", "@add_header", "@py-senderscore", "@senderscore-loop", "@senderscore")
+#: --instructions leaves out what valgrind cannot count well: Go programs
+#: (their runtime's threads and signals) are compared by time only.
+NOT_UNDER_VALGRIND = ("filter-senderscore",)
+
+
+def small_filters(a, env: dict, counted: bool = False) -> list[tuple[str, str]]:
+    """(name, command) of the --small filters that can run here; each one
+    left out is said why.  ``counted``: for --instructions (no Go)."""
+    filters = []
+    for spec in SMALL_FILTERS:
+        name, cmd = shortcut(spec, a.tmpdir)
+        miss = missing_binary(cmd.replace("env PYTHONPATH=%s " % REPO, ""), env)
+        why = ("not installed (%s)" % miss if miss else "needs the private namespace" if dns_unsafe(cmd)
+               else "%s cannot import dnspython (run with --python .venv/bin/python)" % FILTER_PY
+               if spec == "@py-senderscore" and subprocess.run([FILTER_PY, "-c", "import dns"]).returncode
+               else "compared by time only (valgrind counts Go programs badly)"
+               if counted and name in NOT_UNDER_VALGRIND else None)
+        if why:
+            print("%s: skipped: %s" % (name, why), flush=True)
+            continue
+        filters.append((name, cmd))
+    return filters
 
 
 def mode_small(a, out: Output) -> dict:
@@ -936,18 +959,7 @@ def mode_small(a, out: Output) -> dict:
     for nlines in (50, 10):
         b = argparse.Namespace(**vars(a))
         b.lines, b.size, b.window = nlines, None, 0
-        filters = []
-        for spec in SMALL_FILTERS:
-            name, cmd = shortcut(spec, a.tmpdir)
-            miss = missing_binary(cmd.replace("env PYTHONPATH=%s " % REPO, ""), env)
-            why = ("not installed (%s)" % miss if miss else "needs the private namespace" if dns_unsafe(cmd)
-                   else "%s cannot import dnspython (run with --python .venv/bin/python)" % FILTER_PY
-                   if spec == "@py-senderscore" and subprocess.run([FILTER_PY, "-c", "import dns"]).returncode
-                   else None)
-            if why:
-                print("%s: skipped: %s" % (name, why), flush=True)
-                continue
-            filters.append((name, cmd))
+        filters = small_filters(a, env)
         print("# small messages: %s; %s; %d rotated repeats" % (
             describe(b), ", ".join(n for n, _ in filters), a.repeats), flush=True)
         runs: dict[str, list[dict]] = {n: [] for n, _ in filters}
@@ -987,11 +999,6 @@ def mode_small(a, out: Output) -> dict:
                 print("%s / %s, sessions/s: %.3f (target >= %g): %s" % (
                     n, base, c["sessions_per_s"], target, "PASS" if c["sessions_per_s"] >= target else "FAIL"))
     return results
-
-
-#: --instructions leaves out what valgrind cannot count well: Go programs
-#: (their runtime's threads and signals) are compared by time only.
-NOT_UNDER_VALGRIND = ("filter-senderscore",)
 
 
 def callgrind_ir(cmd: str, env: dict, data: bytes) -> int | None:
@@ -1037,6 +1044,8 @@ def instructions_per_session(a, name: str, cmd: str, lines: int) -> dict:
     fp = FilterProc(cmd, env, a.stderr_file)
     try:
         regs, _ = fp.handshake(("\n".join(d.handshake()) + "\n").encode(), a.handshake_timeout)
+    except Exception as e:  # noqa: BLE001 - reported like run_once's
+        return {"name": name, "error": "handshake failed: %s" % e}
     finally:
         fp.finish(a.exit_timeout)
     b = argparse.Namespace(**vars(a))
@@ -1066,15 +1075,7 @@ def mode_instructions(a, out: Output) -> dict:
     results: dict = {}
     for nlines in (50, 10):
         counts: dict[str, float] = {}
-        for spec in SMALL_FILTERS:
-            name, cmd = shortcut(spec, a.tmpdir)
-            miss = missing_binary(cmd.replace("env PYTHONPATH=%s " % REPO, ""), env)
-            why = ("not installed (%s)" % miss if miss else "needs the private namespace" if dns_unsafe(cmd)
-                   else "compared by time only (valgrind counts Go programs badly)"
-                   if name in NOT_UNDER_VALGRIND else None)
-            if why:
-                print("%s: skipped: %s" % (name, why), flush=True)
-                continue
+        for name, cmd in small_filters(a, env, counted=True):
             r = instructions_per_session(a, name, cmd, nlines)
             if "error" in r:
                 print("%s: %s" % (name, r["error"]), flush=True)
@@ -1282,7 +1283,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "filter-senderscore side by side")
     ap.add_argument("--instructions", action="store_true",
                     help="with --small: instructions per session (valgrind's callgrind) instead "
-                         "of time: repeatable on a noisy machine; Go anchors left out")
+                         "of time: repeatable on a noisy machine; Go anchors left out; use the "
+                         "default 1000 sessions or more (with a few, the sessions that wait for the "
+                         "first DNS answer are counted too)")
     ap.add_argument("--quick", action="store_true", help="smaller suite (~1 min)")
     ap.add_argument("--memory", action="store_true", help="peak RSS at several session counts")
     ap.add_argument("--memory-sessions", default="1e4,1e5,1e6")
