@@ -1,7 +1,9 @@
 """Correctness of the benchmark tools (bench/gen_stream.py, bench/run.py,
 bench/echo_loop.py, bench/senderscore_loop.py).  No timing assertions: these only check that the
 generated streams have smtpd's exact shapes per protocol version and that the
-runner counts answers right; each test runs in milliseconds to a second."""
+runner counts answers right; each test runs in milliseconds to a second, but
+for the instruction count's, which runs Python under valgrind six times
+(~25 s)."""
 
 from __future__ import annotations
 
