@@ -174,18 +174,21 @@ def registrations_from_cmd(cmd: str, version: str = "0.6", timeout: float = 15,
                          stderr=subprocess.DEVNULL, start_new_session=True,
                          env=env if env is not None else default_env())
     child.close()
+    buf = b""
     try:
-        parent.sendall(("\n".join(d.handshake()) + "\n").encode())
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"register|ready\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([parent], [], [], left)[0]:
-                break
-            chunk = parent.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            parent.sendall(("\n".join(d.handshake()) + "\n").encode())
+            deadline = time.monotonic() + timeout
+            while b"register|ready\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([parent], [], [], left)[0]:
+                    break
+                chunk = parent.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # CMD exited early: what it registered so far (nothing, mostly)
         return [l for l in buf.decode("utf-8", "replace").split("\n") if l]
     finally:
         parent.close()

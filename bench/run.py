@@ -946,6 +946,19 @@ def small_filters(a, env: dict, counted: bool = False) -> list[tuple[str, str]]:
     return filters
 
 
+def small_pairs(names: list[str], bases: tuple[str, ...]):
+    """The (filter, baseline) pairs --small compares, baseline by baseline:
+    each of ``names`` against each baseline among them, but the floor only
+    against py-filter-senderscore (it is senderscore's work: the SDK's share
+    of it)."""
+    for base in bases:
+        if base not in names:
+            continue
+        for n in names:
+            if n != base and (base != "senderscore_loop" or n == "py-filter-senderscore"):
+                yield n, base
+
+
 def mode_small(a, out: Output) -> dict:
     """50-line and 10-line messages through echo_loop, the header-tagging
     example, py-filter-senderscore, its hand-written floor
@@ -971,23 +984,17 @@ def mode_small(a, out: Output) -> dict:
         for s_ in summ.values():
             print(fmt_summary(s_), flush=True)
         res = {"lines": nlines, "summaries": summ, "ratios": {}}
-        for base in ("echo_loop", "filter-senderscore", "senderscore_loop"):
-            bs = summ.get(base, {})
-            if "sessions_per_s" not in bs:
-                continue
-            for n, s_ in summ.items():
-                if n == base or "sessions_per_s" not in s_:
-                    continue
-                if base == "senderscore_loop" and n != "py-filter-senderscore":
-                    continue  # the floor is senderscore's work: the SDK's share of it
-                key = "%s/%s" % (n, base)
-                mine, theirs = _per_cpu(s_), _per_cpu(bs)
-                c = res["ratios"][key] = {
-                    "sessions_per_s": round(s_["sessions_per_s"] / bs["sessions_per_s"], 3),
-                    "sessions_per_cpu_s": round(mine / theirs, 3) if mine and theirs else None,
-                }
-                print("ratio %s, %d-line messages: sessions/s %.3f, sessions per filter CPU-second %s" % (
-                    key, nlines, c["sessions_per_s"], c["sessions_per_cpu_s"]), flush=True)
+        timed = [n for n, s_ in summ.items() if "sessions_per_s" in s_]
+        for n, base in small_pairs(timed, ("echo_loop", "filter-senderscore", "senderscore_loop")):
+            s_, bs = summ[n], summ[base]
+            key = "%s/%s" % (n, base)
+            mine, theirs = _per_cpu(s_), _per_cpu(bs)
+            c = res["ratios"][key] = {
+                "sessions_per_s": round(s_["sessions_per_s"] / bs["sessions_per_s"], 3),
+                "sessions_per_cpu_s": round(mine / theirs, 3) if mine and theirs else None,
+            }
+            print("ratio %s, %d-line messages: sessions/s %.3f, sessions per filter CPU-second %s" % (
+                key, nlines, c["sessions_per_s"], c["sessions_per_cpu_s"]), flush=True)
         results["%dl" % nlines] = res
     out.note({"small_results": results})
     print("# targets (50-line messages)", flush=True)
@@ -1040,14 +1047,9 @@ def instructions_per_session(a, name: str, cmd: str, lines: int) -> dict:
     imports and what the first sessions alone cost (a first DNS lookup, code
     imported on first use) cancel out."""
     env = filter_env(a)
-    d = gen_stream.dialect(a.version)
-    fp = FilterProc(cmd, env, a.stderr_file)
-    try:
-        regs, _ = fp.handshake(("\n".join(d.handshake()) + "\n").encode(), a.handshake_timeout)
-    except Exception as e:  # noqa: BLE001 - reported like run_once's
-        return {"name": name, "error": "handshake failed: %s" % e}
-    finally:
-        fp.finish(a.exit_timeout)
+    regs = gen_stream.registrations_from_cmd(cmd, a.version, a.handshake_timeout, env)
+    if "register|ready" not in regs:
+        return {"name": name, "error": "handshake failed: no register|ready"}
     b = argparse.Namespace(**vars(a))
     b.lines, b.size = lines, None
     st = get_stream(b, regs)
@@ -1083,11 +1085,8 @@ def mode_instructions(a, out: Output) -> dict:
             counts[name] = r["ir_per_session"]
             print("%-22s %d-line messages: %10.0f instructions/session  (the last %d sessions)" % (
                 name, nlines, counts[name], r["sessions"]), flush=True)
-        ratios = {}
-        for n, ir in counts.items():
-            for base in ("echo_loop", "senderscore_loop"):
-                if base in counts and n != base and (base == "echo_loop" or n == "py-filter-senderscore"):
-                    ratios["%s/%s" % (n, base)] = round(counts[base] / ir, 3)
+        ratios = {"%s/%s" % (n, base): round(counts[base] / counts[n], 3)
+                  for n, base in small_pairs(list(counts), ("echo_loop", "senderscore_loop"))}
         for key, ratio in ratios.items():
             print("ratio %s, %d-line messages: sessions per instruction %.3f" % (key, nlines, ratio), flush=True)
         results["%dl" % nlines] = {"ir_per_session": counts, "ratios": ratios}
