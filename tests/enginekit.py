@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
-from smtpd_filter_sdk import Filter
+from smtpd_filter_sdk import Filter, runtime
 from smtpd_filter_sdk.runtime import Engine
 from smtpd_filter_sdk.testing.wire import Wire
+
+
+@contextlib.contextmanager
+def fast_paths(*, run_min: int | None = None, held_blocks: bool | None = None) -> Iterator[None]:
+    """The runtime's switches for its block paths (``_RUN_MIN``,
+    ``_HELD_BLOCKS``) set for a while, as the differential tests set them
+    for one side; None leaves one as it is."""
+    saved = runtime._RUN_MIN, runtime._HELD_BLOCKS
+    if run_min is not None:
+        runtime._RUN_MIN = run_min
+    if held_blocks is not None:
+        runtime._HELD_BLOCKS = held_blocks
+    try:
+        yield
+    finally:
+        runtime._RUN_MIN, runtime._HELD_BLOCKS = saved
 
 
 class Driven:

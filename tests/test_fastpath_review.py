@@ -55,7 +55,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -68,7 +68,7 @@ from smtpd_filter_sdk.testing import strategies as sst
 from smtpd_filter_sdk.testing.wire import Wire
 
 import filterkit  # noqa: F401  (maps filters/ to smtpd_filters when not installed)
-from enginekit import Driven, interleave_in_blocks
+from enginekit import Driven, fast_paths, interleave_in_blocks
 from examplekit import example
 from smtpd_filters import senderscore
 
@@ -323,18 +323,6 @@ class Unlisted(dict):
         pass
 
 
-@contextlib.contextmanager
-def general_path() -> Iterator[None]:
-    """The reference: no held block, no message at once, no run (and, in
-    ``drive``, no quiet report or proceed without a record)."""
-    saved = runtime._RUN_MIN, runtime._HELD_BLOCKS
-    runtime._RUN_MIN, runtime._HELD_BLOCKS = 10**9, False
-    try:
-        yield
-    finally:
-        runtime._RUN_MIN, runtime._HELD_BLOCKS = saved
-
-
 def drive(name: str, cap: int | None, legacy: str, dialect: str, pieces: list[bytes], reference: bool):
     logs: list[bytes] = []
     f = FILTERS[name]()
@@ -345,7 +333,8 @@ def drive(name: str, cap: int | None, legacy: str, dialect: str, pieces: list[by
     engine = driven.engine
     if reference:  # commit, tx-reset, link-disconnect and data lines the general way too
         engine._quiet_events, engine._unhandled, engine._fast = set(), set(), Unlisted()
-    with general_path() if reference else contextlib.nullcontext():
+    # The reference: no held block, no message at once, no run.
+    with fast_paths(run_min=10**9, held_blocks=False) if reference else contextlib.nullcontext():
         for piece in pieces:
             engine.feed(piece)
         engine.end_of_input()

@@ -25,7 +25,7 @@ from smtpd_filter_sdk.log import Logger
 from smtpd_filter_sdk.runtime import Engine
 from smtpd_filter_sdk.testing.wire import Wire
 
-from enginekit import interleave_in_blocks
+from enginekit import fast_paths, interleave_in_blocks
 
 SID, TOK = "a3785d2560151333", "e55e48d61a50a374"
 OTHER = "7641df9771b4ed01"
@@ -121,12 +121,8 @@ class Fed:
         self.take()
 
     def feed(self, data: bytes) -> None:
-        saved = runtime._HELD_BLOCKS
-        runtime._HELD_BLOCKS = self.held_blocks
-        try:
+        with fast_paths(held_blocks=self.held_blocks):
             self.engine.feed(data)
-        finally:
-            runtime._HELD_BLOCKS = saved
 
     def take(self) -> list[bytes]:
         out, self.engine.out = self.engine.out, []

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtpd_filter_sdk import Filter, runtime
+from smtpd_filter_sdk import Filter
 from smtpd_filter_sdk.log import Logger
 from smtpd_filter_sdk.runtime import Engine
 from smtpd_filter_sdk.testing.wire import Wire
 
-from enginekit import interleave_in_blocks
+from enginekit import fast_paths, interleave_in_blocks
 
 SID, TOK = "a3785d2560151333", "e55e48d61a50a374"
 OTHER = "7641df9771b4ed01"
@@ -63,14 +63,8 @@ class Fed:
     def feed(self, data: bytes) -> None:
         # The header block goes the general way, so the body is _scan's and
         # _run's (held runs answer it themselves: tests/test_held_runs.py).
-        saved = runtime._RUN_MIN, runtime._HELD_BLOCKS
-        if self.run_min is not None:
-            runtime._RUN_MIN = self.run_min
-        runtime._HELD_BLOCKS = False
-        try:
+        with fast_paths(run_min=self.run_min, held_blocks=False):
             self.engine.feed(data)
-        finally:
-            runtime._RUN_MIN, runtime._HELD_BLOCKS = saved
 
     def take(self) -> list[bytes]:
         out, self.engine.out = self.engine.out, []
