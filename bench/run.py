@@ -1350,6 +1350,8 @@ def main(argv: list[str] | None = None) -> int:
         a.repeats = 3 if a.small else 1 if not a.against else 5
     if not (a.suite or a.cmd or a.small):
         ap.error("a filter command (or --suite) is needed")
+    if a.instructions and not a.small:
+        ap.error("--instructions counts the --small set only: add --small")
     if a.size is not None:
         a.lines = None
     if want_isolation(a):

@@ -315,6 +315,15 @@ def test_instruction_counts_per_session_are_repeatable_and_tell_work_apart():
     assert more["ir_per_session"] > 1.2 * echo["ir_per_session"], (echo, more)
 
 
+def test_instructions_without_small_is_a_usage_error(capsys):
+    """--instructions counts only the --small set: with a single filter it
+    used to be ignored, and the run timed instead of counting."""
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["--instructions", "@echo"])
+    assert exit_.value.code == 2
+    assert "--instructions counts the --small set only: add --small" in capsys.readouterr().err
+
+
 def test_runner_counts_incomplete_when_answers_missing(tmp_path):
     """A filter that swallows data-lines never completes: reported, not hung."""
     f = tmp_path / "mute.py"
