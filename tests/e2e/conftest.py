@@ -90,6 +90,15 @@ def rspamd_factory(e2e_runtime: Runtime, rspamd_local_d: dict[str, str]):
     return make
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``run_last`` check on something a fixture started long
+    before (smtpd's ~75 s of PTR retries in test_e2e_rdns): they run after
+    everything else, so the wait overlaps the rest of the suite."""
+    last = [item for item in items if item.get_closest_marker("run_last")]
+    if last:
+        items[:] = [item for item in items if not item.get_closest_marker("run_last")] + last
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

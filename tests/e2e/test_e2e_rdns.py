@@ -23,8 +23,9 @@ import time
 
 import pytest
 
-from e2e_bare import bare_smtpd_factory, filter_pids  # noqa: F401  (fixture)
+from e2e_bare import BareSmtpdServer, filter_pids
 from e2e_harness import DOMAIN, NsSMTP, default_zone, make_message, token
+from e2e_harness.smtpd import server_pool
 from smtpd_filter_sdk.testing.dnsserver import DNSServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +79,7 @@ def banner(server, src: str, timeout: float = 15) -> str:
         return s.makefile("rb").readline().decode().rstrip("\r\n")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lists(e2e_runtime):
     d = e2e_runtime.new_dir("rdns-lists")
     (d / "allow").write_text("127.0.0.9  # a partner with broken DNS\n")
@@ -86,17 +87,35 @@ def lists(e2e_runtime):
     return d
 
 
-@pytest.fixture(scope="module")
-def server(bare_smtpd_factory, lists, e2e_runtime):
+@pytest.fixture(scope="session")
+def server(lists, e2e_runtime):
+    """One smtpd for the module, alive until the session ends: the slow case
+    started here is checked by the session's last test (``run_last``), so
+    smtpd's ~75 s of retries overlap the rest of the suite instead of
+    holding it up."""
     cmd = (
         "py-filter-rdns -noRdns disconnect -noFcrdns junk -dynamic junk -heloCheck reject "
         f"-header -authResults -timeout 1 -allowlist {lists / 'allow'} -resolver 127.0.0.1:5353"
     )
-    srv = bare_smtpd_factory([cmd], zone=smtpd_zone(), ipv6=True)
-    ours = DNSServerProcess(filter_zone(), e2e_runtime.new_dir("rdns-dns2"), python=e2e_runtime.python,
-                            port=5353, argv_prefix=srv.ns.nsenter_argv())
-    ours.start()
-    # the slow case runs alongside the whole module (smtpd alone takes ~75 s)
+    pool = server_pool(e2e_runtime, BareSmtpdServer)
+    make = next(pool)
+    try:
+        srv = make([cmd], zone=smtpd_zone(), ipv6=True)
+        ours = DNSServerProcess(filter_zone(), e2e_runtime.new_dir("rdns-dns2"), python=e2e_runtime.python,
+                                port=5353, argv_prefix=srv.ns.nsenter_argv())
+        ours.start()
+        try:
+            yield start_the_slow_case(srv)
+        finally:
+            srv.slow_thread.join(160)
+            ours.stop()
+    finally:
+        next(pool, None)  # the pool's teardown: smtpd stopped by PID, and checked
+
+
+def start_the_slow_case(srv):
+    """A client from 127.0.0.8, in the background: smtpd alone takes ~75 s
+    on it (``srv.slow_result`` when ``srv.slow_thread`` has ended)."""
     srv.slow_result = {}
 
     def slow():
@@ -109,11 +128,7 @@ def server(bare_smtpd_factory, lists, e2e_runtime):
 
     srv.slow_thread = threading.Thread(target=slow, daemon=True)
     srv.slow_thread.start()
-    try:
-        yield srv
-    finally:
-        srv.slow_thread.join(160)
-        ours.stop()
+    return srv
 
 
 def test_bare_name_and_a_confirmed_client_passes_with_result_headers(server):
@@ -215,10 +230,12 @@ def test_concurrent_dns_timeouts_do_not_queue(server):
     server.assert_alive()
 
 
+@pytest.mark.run_last
 def test_zz_a_ptr_query_smtpd_gave_up_on_is_not_a_permanent_refusal(server):
     """Both resolvers drop the PTR query of 127.0.0.8.  smtpd retries for
     ~75 s, then says <unknown>/fail; the filter checks for itself, times out,
-    and the client is told to come back later (421), not refused (550)."""
+    and the client is told to come back later (421), not refused (550).
+    (Run last in the session: the client started with the server.)"""
     server.slow_thread.join(160)
     r = server.slow_result
     assert "banner" in r, r
