@@ -31,7 +31,9 @@ expires (-expire, default 24h).  The reply never reveals the trap:
   -db PATH            the SQLite record (WAL), read by ``py-spamtraps``
   -redis URL          share trapped addresses with other MX hosts
   -learnSpam URL      teach rspamd (its controller, /learnspam) the messages
-                      trapped sessions send; -learnPassword if it asks for one
+                      trapped sessions send; -learnPassword if it asks for one;
+                      -learnMaxHeld BYTES bounds what all of them hold at once
+                      (default 16 MiB; a message that would pass it is not sent)
   -dryRun             decide and log, always proceed
 
 Never trapped: authenticated and local sessions, allowlisted addresses,
@@ -114,8 +116,15 @@ def flags() -> GoFlags:
     g.string("learnSpam", "", "rspamd controller to teach trapped messages as spam (POST /learnspam)", metavar="URL")
     g.string("learnPassword", "", "the controller's password (Password header), if it asks for one", metavar="PASSWORD")
     g.float("learnTimeout", 10.0, "seconds a /learnspam request may take", validate=lookup_timeout)
+    g.int("learnMaxHeld", LEARN_HELD, "bytes of trapped messages held for or being sent to rspamd, all sessions together; a message that would pass it is not sent", metavar="BYTES", validate=_positive_int)
     g.bool("dryRun", False, "log decisions but always proceed, record nothing")
     return g
+
+
+def _positive_int(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
 
 
 def _non_negative_int(value: int) -> int:
@@ -366,6 +375,11 @@ def build(opts: Options, *, store: TrapStore | None = None, spf: Any = None) -> 
 
 #: a trapped message larger than this is passed on but not sent to rspamd
 LEARN_MAX = 10 << 20
+#: -learnMaxHeld's default: what the trapped messages of every session may
+#: hold at once, while they arrive and while rspamd is being sent them.  A
+#: botnet writing to traps from many clients would otherwise hold up to
+#: LEARN_MAX per session, and a slow rspamd keep every body in flight.
+LEARN_HELD = 16 << 20
 LEARN = "spamtraps.learn"
 
 
@@ -377,20 +391,39 @@ def learn_spam(f: Filter, opts: Options) -> None:
     client = HTTPClient(opts.learnSpam, timeout=opts.learnTimeout)
     headers = [("Password", opts.learnPassword)] if opts.learnPassword else []
 
+    # Bytes of trapped messages held (arriving) or in flight (being sent),
+    # every session together: what -learnMaxHeld bounds.
+    held = [0]
+
     @f.on_data_line
     def collect(session, line):
         # Only a trapped session's lines are kept (the trap was hit at RCPT,
-        # before DATA); everyone else's pass by untouched.
+        # before DATA); everyone else's pass by untouched.  A message is
+        # [size, line, line, ...]; [] once it was given up (logged).
         if session.data.get(KEY):
             buf = session.data.setdefault(LEARN, [0])
-            if buf[0] <= LEARN_MAX:
+            if not buf:
+                return None
+            cost = len(line) + 2
+            if buf[0] + cost > LEARN_MAX:
+                why = f"message over {LEARN_MAX} bytes"
+            elif held[0] + cost > opts.learnMaxHeld:
+                why = f"{held[0]} bytes of trapped mail already held for rspamd (-learnMaxHeld {opts.learnMaxHeld})"
+            else:
                 buf.append(line)
-                buf[0] += len(line) + 2
+                buf[0] += cost
+                held[0] += cost
+                return None
+            f.log(f"learnspam: {why}: this message is not sent", session.id)
+            held[0] -= buf[0]
+            buf.clear()  # its lines go now, not at the end of the message
         return None
 
-    @f.on_report("tx-rollback", "tx-reset")
+    @f.on_report("tx-rollback", "tx-reset", "link-disconnect")
     def forget(session, report):
-        session.data.pop(LEARN, None)
+        buf = session.data.pop(LEARN, None)
+        if buf:
+            held[0] -= buf[0]
 
     sending: set[asyncio.Task[None]] = set()
 
@@ -400,12 +433,19 @@ def learn_spam(f: Filter, opts: Options) -> None:
         buf = session.data.pop(LEARN, None)
         if not buf:
             return
-        if buf[0] > LEARN_MAX:
-            f.log(f"learnspam: message over {LEARN_MAX} bytes not sent", session.id)
-            return
-        task = asyncio.get_running_loop().create_task(learn(session.id, b"\r\n".join(buf[1:]) + b"\r\n"))
+        size = buf[0]
+        try:
+            task = asyncio.get_running_loop().create_task(learn(session.id, b"\r\n".join(buf[1:]) + b"\r\n"))
+        except RuntimeError:  # no event loop (driven in-process by a test): nothing sends it
+            held[0] -= size
+            raise
         sending.add(task)
-        task.add_done_callback(sending.discard)
+
+        def sent(task: asyncio.Task[None]) -> None:
+            sending.discard(task)
+            held[0] -= size  # counted until rspamd has answered (or not)
+
+        task.add_done_callback(sent)
 
     async def learn(sid: str, body: bytes) -> None:
         try:

@@ -441,3 +441,62 @@ def test_a_client_an_earlier_filter_junked_is_still_refused_later(files, skipped
         assert out == [w.result(sid, tok, f"disconnect|{BLOCK}")]
         assert f"{sid} {phase}: addr=192.0.2.7 is trapped (86400s left): refused" in h.stderr
     f.spamtraps.store.close()
+
+
+def test_learning_holds_at_most_learn_max_held_bytes_across_sessions(files):
+    """-learnSpam keeps a trapped session's message while it arrives and
+    while rspamd is sent it; all of them together stay under -learnMaxHeld.
+    As a process, against a loopback HTTP server that answers /learnspam
+    after a second: the second trapped message would pass the bound while
+    the first is in flight, so it is passed on, not sent, and logged; once
+    rspamd has answered the first, the third fits again."""
+    import time
+
+    from httpkit import HTTPTestServer
+    from smtpd_filter_sdk.testing.harness import SubprocessHarness
+
+    lines = [b"Subject: buy now", b""] + [b"x" * 98] * 20  # ~2,100 bytes with CRLFs
+
+    def wait_for(h, what, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while not what() and time.monotonic() < deadline:
+            h.transport.recv(0.05)
+        return what()
+
+    with HTTPTestServer() as rspamd:
+        rspamd.answer(json={"success": True}, delay=1.0)
+        cmd = filterkit.command(
+            "spamtraps", "-traps", str(files / "traps"), "-db", str(files / "traps.db"), "-spf=false",
+            "-action", "junk", "-learnSpam", rspamd.url, "-learnMaxHeld", "3000",
+        )
+        with SubprocessHarness(cmd, env_extra={"PYTHONPATH": str(filterkit.REPO)}) as h:
+
+            def trapped_message(src: str, token: bytes):
+                s, step = hit_trap(h, src=src)
+                assert step.decision == "junk"
+                s.data(lines=[b"X-Token: " + token, *lines])
+                s.quit()
+                return s
+
+            first = trapped_message("192.0.2.11", b"first")
+            assert wait_for(h, lambda: len(rspamd.requests) == 1)  # in flight for a second
+            second = trapped_message("192.0.2.12", b"second")
+            refused = [line for line in h.stderr if "this message is not sent" in line]
+            assert len(refused) == 1 and refused[0].startswith(second.id), h.stderr
+            assert "bytes of trapped mail already held for rspamd (-learnMaxHeld 3000)" in refused[0]
+            assert wait_for(h, lambda: any("bytes learnt as spam (HTTP 200)" in line for line in h.stderr))
+            third = trapped_message("192.0.2.13", b"third")
+            assert wait_for(h, lambda: len(rspamd.requests) == 2)
+    sent = [r.body for r in rspamd.requests]
+    assert [r.path for r in rspamd.requests] == ["/learnspam", "/learnspam"]
+    assert b"X-Token: first\r\n" in sent[0] and b"X-Token: third\r\n" in sent[1], sent
+    assert not any(b"X-Token: second" in body for body in sent)
+    for s in (first, second, third):  # sent or not, every message passed on untouched
+        message = s.messages[0]
+        assert message.accepted and message.output_lines == message.input_lines
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_learn_max_held_must_be_positive(files, value):
+    with pytest.raises(Exception, match="must be positive"):
+        sp.flags().parse_or_raise(["-traps", str(files / "traps"), "-learnMaxHeld", value])
