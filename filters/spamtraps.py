@@ -419,7 +419,10 @@ def learn_spam(f: Filter, opts: Options) -> None:
             buf.clear()  # its lines go now, not at the end of the message
         return None
 
-    @f.on_report("tx-rollback", "tx-reset", "link-disconnect")
+    # smtpd sends tx-reset after every commit and rollback, before any
+    # link-disconnect of a session with a transaction open (protocol.md
+    # 7.14): a handler at link-disconnect too would cost every session.
+    @f.on_report("tx-rollback", "tx-reset")
     def forget(session, report):
         buf = session.data.pop(LEARN, None)
         if buf:
